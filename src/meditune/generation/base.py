@@ -1,0 +1,86 @@
+"""The one generation interface every backend implements: chat requests in, texts with token counts out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings of one request. temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    n: int = 1
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass
+class GenerationRequest:
+    """A chat (list of {role, content}) or, when `prompt` is set, a raw text prompt (no chat template)."""
+
+    id: str
+    messages: list[dict[str, str]] = field(default_factory=list)
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict()}
+
+
+@dataclass
+class Generation:
+    """One sampled completion of a request (index = sample number 0..n-1)."""
+
+    request_id: str
+    index: int
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" | "length" | "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A generation backend: `generate` returns, for each request, its n generations in order."""
+
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]: ...
+
+
+class ScriptedBackend:
+    """A deterministic backend driven by a function (request, sample index) -> text.
+
+    For tests and dry runs of stages that consume generations; token counts are whitespace word counts.
+    """
+
+    name = "scripted"
+
+    def __init__(self, respond: Callable[[GenerationRequest, int], str]):
+        self.respond = respond
+        self.calls: list[GenerationRequest] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
+        out = []
+        for req in requests:
+            self.calls.append(req)
+            gens = []
+            for i in range(req.params.n):
+                text = self.respond(req, i)
+                prompt_text = req.prompt or " ".join(m["content"] for m in req.messages)
+                gens.append(Generation(req.id, i, text, len(prompt_text.split()), len(text.split())))
+            out.append(gens)
+        return out

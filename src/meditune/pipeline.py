@@ -1,0 +1,250 @@
+"""Run a recipe's stages in order with a manifest per stage; skip unchanged finished stages, resume others.
+
+runs/<name>/<stage>/manifest.json holds the resolved config, hashes of inputs, package versions, times and
+status. A stage is skipped when its manifest says "done" with the same fingerprint (config + input hashes +
+upstream output hashes). A stage that crashed ("running"/"failed") with the same fingerprint re-runs in
+place, so its own on-disk resume logic (generation shards, checkpoints) continues where it stopped.
+A changed config, or --force, starts the stage from an empty directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from meditune import __version__
+from meditune.errors import ConfigError
+from meditune.io import hash_obj, hash_path, read_json, write_json
+from meditune.logs import log_to_file
+from meditune.recipe import Recipe
+from meditune.stages import StageConfig, StageContext, registry
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+BIG_FILE = 256 << 20  # files larger than this are fingerprinted by size and mtime, not content
+VERSIONED_PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "sentence-transformers"]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, meditune and the libraries that shape results."""
+    out = {"python": platform.python_version(), "meditune": __version__}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def refs_in(value: Any) -> list[str]:
+    """Stage names referenced as "@stage" or "@stage.output" anywhere inside a config value."""
+    if isinstance(value, str) and value.startswith("@"):
+        return [value[1:].split(".", 1)[0]]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in refs_in(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in refs_in(v)]
+    return []
+
+
+def resolve_refs(value: Any, outputs: dict[str, dict[str, str]]) -> Any:
+    """Replace "@stage[.output]" strings by the output paths of finished stages."""
+    if isinstance(value, str) and value.startswith("@"):
+        stage, _, key = value[1:].partition(".")
+        if stage not in outputs:
+            raise ConfigError(f"reference {value!r}: stage {stage!r} has not run")
+        outs = outputs[stage]
+        if not key:
+            if not outs:
+                raise ConfigError(f"reference {value!r}: stage {stage!r} has no outputs")
+            return next(iter(outs.values()))
+        if key not in outs:
+            raise ConfigError(f"reference {value!r}: stage {stage!r} has outputs {sorted(outs)}, not {key!r}")
+        return outs[key]
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(v, outputs) for v in value]
+    return value
+
+
+def fingerprint_path(path: Path) -> str:
+    """Content hash of a file or directory (big files by size and mtime, to keep re-runs fast)."""
+    if path.is_file() and path.stat().st_size > BIG_FILE:
+        st = path.stat()
+        return f"size={st.st_size},mtime={int(st.st_mtime)}"
+    if path.is_dir() and any(p.stat().st_size > BIG_FILE for p in path.rglob("*") if p.is_file()):
+        return hash_obj(sorted((str(p.relative_to(path)), fingerprint_path(p))
+                               for p in path.rglob("*") if p.is_file()))
+    return hash_path(path)
+
+
+def input_hashes(value: Any) -> dict[str, str]:
+    """Hashes of every existing local file or directory named in a (resolved) config."""
+    found: dict[str, str] = {}
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str) and v and len(v) < 4096 and not v.startswith(("http://", "https://")):
+            p = Path(v).expanduser()
+            try:
+                exists = p.exists() and str(p) not in (".", "/")
+            except OSError:
+                exists = False
+            if exists:
+                found[v] = fingerprint_path(p)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(value)
+    return found
+
+
+@dataclass
+class PlanItem:
+    stage: StageConfig
+    action: str  # "run" | "skip" | "resume" | "excluded"
+    reason: str
+    estimate: dict[str, Any] | None = None
+
+
+class Pipeline:
+    """Runs the stages of a recipe in a run directory."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path | None = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir) if run_dir else recipe.resolved_run_dir()
+        self.types = registry()
+        self._check_refs()
+
+    def _check_refs(self) -> None:
+        names = [s.name for s in self.recipe.stages]
+        for i, s in enumerate(self.recipe.stages):
+            for ref in refs_in(s.model_dump()):
+                if ref not in names:
+                    raise ConfigError(f"stage {s.name!r} refers to '@{ref}', which is not a stage of the recipe")
+                if names.index(ref) >= i:
+                    raise ConfigError(f"stage {s.name!r} refers to '@{ref}', which comes later; "
+                                      "list stages in the order they run")
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def manifest(self, name: str) -> dict[str, Any] | None:
+        path = self.stage_dir(name) / MANIFEST
+        return read_json(path) if path.exists() else None
+
+    def _fingerprint(self, stage: StageConfig, outputs: dict[str, dict[str, str]]) -> tuple[dict, dict, str]:
+        resolved = resolve_refs(stage.model_dump(mode="json"), outputs)
+        upstream = {ref: (self.manifest(ref) or {}).get("outputs_hash") for ref in refs_in(stage.model_dump())}
+        inputs = input_hashes(resolved)
+        recipe_wide = self.recipe.model_dump(include={"model", "seed", "device", "dtype", "trust_remote_code",
+                                                      "system_prompt"})
+        fp = hash_obj({"config": resolved, "recipe": recipe_wide, "inputs": inputs, "upstream": upstream})
+        return resolved, inputs, fp
+
+    def plan(self, *, only: list[str] | None = None, from_stage: str | None = None,
+             force: list[str] | None = None) -> list[PlanItem]:
+        """What `run` would do for each stage, without running anything."""
+        names = [s.name for s in self.recipe.stages]
+        for n in (only or []) + ([from_stage] if from_stage else []) + (force or []):
+            if n not in names and n != "all":
+                raise ConfigError(f"no stage named {n!r}; stages: {', '.join(names)}")
+        start = names.index(from_stage) if from_stage else 0
+        force_set = set(names) if force and "all" in force else set(force or [])
+        items = []
+        outputs: dict[str, dict[str, str]] = {}
+        for i, s in enumerate(self.recipe.stages):
+            st = self.types[s.type]
+            est = st.estimate(s, self.recipe) if st.estimate else None
+            m = self.manifest(s.name)
+            if (only and s.name not in only) or i < start:
+                items.append(PlanItem(s, "excluded", "not selected", est))
+            elif s.name in force_set or (from_stage and i == start):
+                items.append(PlanItem(s, "run", "forced", est))
+            elif m is None:
+                items.append(PlanItem(s, "run", "not run yet", est))
+            else:
+                try:
+                    _, _, fp = self._fingerprint(s, outputs)
+                except ConfigError:
+                    fp = None  # upstream not finished: it will run first
+                if m.get("status") == "done" and m.get("fingerprint") == fp and self._outputs_exist(m):
+                    items.append(PlanItem(s, "skip", f"done {m.get('finished', '')}, unchanged", est))
+                elif m.get("fingerprint") == fp:
+                    items.append(PlanItem(s, "resume", f"status {m.get('status')}: continues from disk", est))
+                else:
+                    items.append(PlanItem(s, "run", "config or inputs changed", est))
+            if m and m.get("status") == "done":
+                outputs[s.name] = m.get("outputs", {})
+        return items
+
+    @staticmethod
+    def _outputs_exist(m: dict[str, Any]) -> bool:
+        return all(Path(p).exists() for p in m.get("outputs", {}).values())
+
+    def run(self, *, only: list[str] | None = None, from_stage: str | None = None,
+            force: list[str] | None = None) -> dict[str, dict[str, str]]:
+        """Run the plan; returns every finished stage's outputs."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        plan = self.plan(only=only, from_stage=from_stage, force=force)
+        outputs: dict[str, dict[str, str]] = {}
+        with log_to_file(self.run_dir / "run.log"):
+            log.info("run %s in %s: %d stages", self.recipe.name, self.run_dir, len(plan))
+            for item in plan:
+                s = item.stage
+                m = self.manifest(s.name)
+                if item.action in ("skip", "excluded"):
+                    if m and m.get("status") == "done":
+                        outputs[s.name] = m["outputs"]
+                    if item.action == "skip":
+                        log.info("skip %s: %s", s.name, item.reason)
+                    continue
+                outputs[s.name] = self._run_stage(s, outputs, fresh=item.action == "run")
+        return outputs
+
+    def _run_stage(self, s: StageConfig, outputs: dict[str, dict[str, str]], *, fresh: bool) -> dict[str, str]:
+        sdir = self.stage_dir(s.name)
+        resolved, inputs, fp = self._fingerprint(s, outputs)
+        if fresh and sdir.exists():
+            shutil.rmtree(sdir)  # a changed or forced stage starts clean; a crashed one resumes in place
+        sdir.mkdir(parents=True, exist_ok=True)
+        manifest = {"stage": s.name, "type": s.type, "status": "running", "config": resolved,
+                    "recipe": {"name": self.recipe.name, "model": self.recipe.model, "seed": self.recipe.seed},
+                    "inputs": inputs, "fingerprint": fp, "versions": package_versions(),
+                    "started": now(), "finished": None, "outputs": {}}
+        write_json(sdir / MANIFEST, manifest)
+        log.info("run %s (%s)", s.name, s.type)
+        cfg = type(s).model_validate(resolved)
+        ctx = StageContext(run_dir=self.run_dir, stage_dir=sdir, recipe=self.recipe, outputs=outputs)
+        t0 = time.time()
+        try:
+            with log_to_file(sdir / "stage.log"):
+                outs = self.types[s.type].run(cfg, ctx) or {}
+        except BaseException as e:
+            manifest.update(status="failed", finished=now(), error=f"{type(e).__name__}: {e}",
+                            duration_s=round(time.time() - t0, 2))
+            write_json(sdir / MANIFEST, manifest)
+            raise
+        outs = {k: str(v) for k, v in outs.items()}
+        manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2), outputs=outs,
+                        outputs_hash=hash_obj({k: fingerprint_path(Path(v)) for k, v in outs.items()
+                                               if Path(v).exists()}))
+        write_json(sdir / MANIFEST, manifest)
+        log.info("done %s in %.1f s", s.name, time.time() - t0)
+        return outs

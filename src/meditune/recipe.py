@@ -1,0 +1,168 @@
+"""Recipes: YAML validated by pydantic, `--set a.b=c` overrides, errors that name the key and suggest a fix."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from meditune.errors import ConfigError
+from meditune.stages import StageConfig, registry
+
+
+class Recipe(BaseModel):
+    """A whole run: recipe-wide settings and the list of stages."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    description: str = ""
+    model: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    system_prompt: str | None = None
+    run_dir: str | None = None
+    stages: list[StageConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> Recipe:
+        seen = set()
+        for s in self.stages:
+            if s.name in seen:
+                raise ValueError(f"two stages are named {s.name!r}")
+            seen.add(s.name)
+        return self
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+
+    def resolved_run_dir(self, base: Path | None = None) -> Path:
+        return Path(self.run_dir) if self.run_dir else (base or Path("runs")) / self.name
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _format_error(err: ValidationError, model: type[BaseModel], where: str, source: str) -> ConfigError:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        # find the model that owns the offending key, to suggest one of its fields
+        owner: Any = model
+        for part in loc[:-1]:
+            f = getattr(owner, "model_fields", {}).get(part)
+            ann = getattr(f, "annotation", None) if f else None
+            owner = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if owner is None:
+                break
+        valid = list(owner.model_fields) if owner is not None else []
+        msg = f"unknown key '{where}{key}'" + (_suggest(loc[-1], valid) if valid else "")
+    else:
+        msg = f"'{where}{key}': {first['msg']}"
+    return ConfigError(f"{source}: {msg}")
+
+
+def parse_stage(raw: Any, index: int, source: str) -> StageConfig:
+    """Validate one stage dict against the config model of its type."""
+    where = f"stages[{index}]."
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: 'stages[{index}]' must be a mapping with at least 'name' and 'type'")
+    types = registry()
+    t = raw.get("type")
+    if t is None:
+        raise ConfigError(f"{source}: 'stages[{index}]' has no 'type'; one of: {', '.join(sorted(types))}")
+    if t not in types:
+        raise ConfigError(f"{source}: unknown stage type '{t}' in stages[{index}]"
+                          + _suggest(str(t), list(types)))
+    raw = {"name": t, **raw}
+    cfg_model = types[t].config
+    try:
+        return cfg_model.model_validate(raw)
+    except ValidationError as e:
+        raise _format_error(e, cfg_model, where, source) from None
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping (already loaded from YAML)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a YAML mapping")
+    stages_raw = data.get("stages", [])
+    if not isinstance(stages_raw, list):
+        raise ConfigError(f"{source}: 'stages' must be a list")
+    stages = [parse_stage(s, i, source) for i, s in enumerate(stages_raw)]
+    top = {k: v for k, v in data.items() if k != "stages"}
+    try:
+        recipe = Recipe.model_validate({**top, "stages": []})
+    except ValidationError as e:
+        raise _format_error(e, Recipe, "", source) from None
+    recipe.stages = stages
+    try:
+        return Recipe.model_validate(recipe.model_dump() | {"stages": stages})
+    except ValidationError as e:
+        raise _format_error(e, Recipe, "", source) from None
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: YAML scalars/lists/maps (so 0.1 is a float and [a, b] a list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` overrides; a stage is addressed by its name: `dpo.beta=0.2` or `stages.dpo.beta=0.2`."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"--set {ov!r}: expected key=value")
+        key, value = ov.split("=", 1)
+        parts = key.strip().split(".")
+        if parts[0] == "stages" and len(parts) > 1:
+            parts = parts[1:]
+        target: Any = data
+        stage_names = {s.get("name", s.get("type")): s for s in data.get("stages", []) if isinstance(s, dict)}
+        if len(parts) > 1 and parts[0] in stage_names and parts[0] not in data:
+            target = stage_names[parts[0]]
+            parts = parts[1:]
+        for p in parts[:-1]:
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
+            target = target.setdefault(p, {})
+        target[parts[-1]] = parse_value(value)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return parse_recipe(data, str(path))
+
+
+def bundled_recipe(name: str) -> Path:
+    """Path of a recipe shipped with the package (recipes/ in a checkout, else package data)."""
+    here = Path(__file__).resolve()
+    for cand in (here.parents[2] / "recipes" / f"{name}.yaml", here.parent / "recipes" / f"{name}.yaml"):
+        if cand.exists():
+            return cand
+    raise ConfigError(f"no bundled recipe named {name!r}")
