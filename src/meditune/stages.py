@@ -26,7 +26,8 @@ STAGE_MODULES = [
     "meditune.prefs.stage",
     "meditune.training.stages",
     "meditune.merging.stage",
-    "meditune.evaluation.stages",
+    "meditune.evaluation.mcqa_stage",
+    "meditune.evaluation.open_stages",
     "meditune.report.stage",
 ]
 

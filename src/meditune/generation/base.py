@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,28 @@ class ScriptedBackend:
                 gens.append(Generation(req.id, i, text, len(prompt_text.split()), len(text.split())))
             out.append(gens)
         return out
+
+
+class BackendConfig(BaseModel):
+    """How to reach a generator model; used in recipes (generators, judges) and by `make_backend`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = "default"
+    name: str | None = None  # label in reports/datacards; defaults to the model spec
+    system_prompt: str | None = None  # see meditune.chat: None = no system prompt
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    batch_size: int = 16
+    # openai backend
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from files
+    max_concurrency: int = 8
+    max_retries: int = 5
+    timeout_s: float = 120.0
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model

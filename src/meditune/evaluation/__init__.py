@@ -1,0 +1,1 @@
+"""Evaluation: multiple choice, inference strategies, open QA, NER, safety, bias, toxicity."""
