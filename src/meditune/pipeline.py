@@ -158,39 +158,55 @@ class Pipeline:
         fp = hash_obj({"config": resolved, "recipe": recipe_wide, "inputs": inputs, "upstream": upstream})
         return resolved, inputs, fp
 
-    def plan(self, *, only: list[str] | None = None, from_stage: str | None = None,
-             force: list[str] | None = None) -> list[PlanItem]:
-        """What `run` would do for each stage, without running anything."""
+    def _selection(self, only, from_stage, force) -> tuple[set[str], set[str], set[str]]:
         names = [s.name for s in self.recipe.stages]
         for n in (only or []) + ([from_stage] if from_stage else []) + (force or []):
             if n not in names and n != "all":
                 raise ConfigError(f"no stage named {n!r}; stages: {', '.join(names)}")
         start = names.index(from_stage) if from_stage else 0
-        force_set = set(names) if force and "all" in force else set(force or [])
-        items = []
-        outputs: dict[str, dict[str, str]] = {}
-        for i, s in enumerate(self.recipe.stages):
+        excluded = {n for i, n in enumerate(names) if (only and n not in only) or i < start}
+        forced = set(names) if force and "all" in force else set(force or [])
+        if from_stage:
+            forced.add(from_stage)
+        return set(names), excluded, forced
+
+    def _decide(self, s: StageConfig, outputs: dict[str, dict[str, str]], excluded: set[str],
+                forced: set[str], pending: set[str]) -> tuple[str, str]:
+        """(action, reason) for one stage, given the outputs of the stages before it."""
+        if s.name in excluded:
+            return "excluded", "not selected"
+        if s.name in forced:
+            return "run", "forced"
+        m = self.manifest(s.name)
+        if m is None:
+            return "run", "not run yet"
+        upstream_pending = [r for r in refs_in(s.model_dump()) if r in pending]
+        if upstream_pending:
+            return "run", f"after {', '.join(upstream_pending)} re-runs"
+        try:
+            _, _, fp = self._fingerprint(s, outputs)
+        except ConfigError:
+            return "run", "upstream not finished"
+        if m.get("fingerprint") != fp:
+            return "run", "config or inputs changed"
+        if m.get("status") == "done" and self._outputs_exist(m):
+            return "skip", f"done {m.get('finished', '')}, unchanged"
+        return "resume", f"status {m.get('status')}: continues from disk"
+
+    def plan(self, *, only: list[str] | None = None, from_stage: str | None = None,
+             force: list[str] | None = None) -> list[PlanItem]:
+        """What `run` would do for each stage, without running anything."""
+        _, excluded, forced = self._selection(only, from_stage, force)
+        items, outputs, pending = [], {}, set()
+        for s in self.recipe.stages:
             st = self.types[s.type]
             est = st.estimate(s, self.recipe) if st.estimate else None
+            action, reason = self._decide(s, outputs, excluded, forced, pending)
+            items.append(PlanItem(s, action, reason, est))
             m = self.manifest(s.name)
-            if (only and s.name not in only) or i < start:
-                items.append(PlanItem(s, "excluded", "not selected", est))
-            elif s.name in force_set or (from_stage and i == start):
-                items.append(PlanItem(s, "run", "forced", est))
-            elif m is None:
-                items.append(PlanItem(s, "run", "not run yet", est))
-            else:
-                try:
-                    _, _, fp = self._fingerprint(s, outputs)
-                except ConfigError:
-                    fp = None  # upstream not finished: it will run first
-                if m.get("status") == "done" and m.get("fingerprint") == fp and self._outputs_exist(m):
-                    items.append(PlanItem(s, "skip", f"done {m.get('finished', '')}, unchanged", est))
-                elif m.get("fingerprint") == fp:
-                    items.append(PlanItem(s, "resume", f"status {m.get('status')}: continues from disk", est))
-                else:
-                    items.append(PlanItem(s, "run", "config or inputs changed", est))
-            if m and m.get("status") == "done":
+            if action in ("run", "resume"):
+                pending.add(s.name)
+            elif m and m.get("status") == "done":
                 outputs[s.name] = m.get("outputs", {})
         return items
 
@@ -200,22 +216,24 @@ class Pipeline:
 
     def run(self, *, only: list[str] | None = None, from_stage: str | None = None,
             force: list[str] | None = None) -> dict[str, dict[str, str]]:
-        """Run the plan; returns every finished stage's outputs."""
+        """Run the stages in order, deciding skip/run/resume for each after its upstream ran."""
+        _, excluded, forced = self._selection(only, from_stage, force)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        plan = self.plan(only=only, from_stage=from_stage, force=force)
         outputs: dict[str, dict[str, str]] = {}
+        self.skipped: list[str] = []
         with log_to_file(self.run_dir / "run.log"):
-            log.info("run %s in %s: %d stages", self.recipe.name, self.run_dir, len(plan))
-            for item in plan:
-                s = item.stage
+            log.info("run %s in %s: %d stages", self.recipe.name, self.run_dir, len(self.recipe.stages))
+            for s in self.recipe.stages:
+                action, reason = self._decide(s, outputs, excluded, forced, set())
                 m = self.manifest(s.name)
-                if item.action in ("skip", "excluded"):
+                if action in ("skip", "excluded"):
                     if m and m.get("status") == "done":
                         outputs[s.name] = m["outputs"]
-                    if item.action == "skip":
-                        log.info("skip %s: %s", s.name, item.reason)
+                    if action == "skip":
+                        self.skipped.append(s.name)
+                        log.info("skip %s: %s", s.name, reason)
                     continue
-                outputs[s.name] = self._run_stage(s, outputs, fresh=item.action == "run")
+                outputs[s.name] = self._run_stage(s, outputs, fresh=action == "run")
         return outputs
 
     def _run_stage(self, s: StageConfig, outputs: dict[str, dict[str, str]], *, fresh: bool) -> dict[str, str]:

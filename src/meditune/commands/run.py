@@ -42,7 +42,6 @@ def run(
     if dry_run:
         return
     pipe.run(only=only or None, from_stage=from_stage, force=force or None)
-    skipped = [i.stage.name for i in plan if i.action == "skip"]
-    if skipped:
-        console.print(f"skipped (finished, unchanged): {', '.join(skipped)}")
+    if pipe.skipped:
+        console.print(f"skipped (finished, unchanged): {', '.join(pipe.skipped)}")
     console.print(f"[green]done[/]: {pipe.run_dir}")
