@@ -142,6 +142,13 @@ class Pipeline:
                     raise ConfigError(f"stage {s.name!r} refers to '@{ref}', which comes later; "
                                       "list stages in the order they run")
 
+    def _upstream(self, stage: StageConfig) -> list[str]:
+        """Stages whose outputs this one reads: its @refs, or every earlier stage for depends_on_all types."""
+        if self.types[stage.type].depends_on_all:
+            names = [s.name for s in self.recipe.stages]
+            return names[: names.index(stage.name)]
+        return refs_in(stage.model_dump())
+
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / name
 
@@ -151,7 +158,7 @@ class Pipeline:
 
     def _fingerprint(self, stage: StageConfig, outputs: dict[str, dict[str, str]]) -> tuple[dict, dict, str]:
         resolved = resolve_refs(stage.model_dump(mode="json"), outputs)
-        upstream = {ref: (self.manifest(ref) or {}).get("outputs_hash") for ref in refs_in(stage.model_dump())}
+        upstream = {ref: (self.manifest(ref) or {}).get("outputs_hash") for ref in self._upstream(stage)}
         inputs = input_hashes(resolved)
         recipe_wide = self.recipe.model_dump(include={"model", "seed", "device", "dtype", "trust_remote_code",
                                                       "system_prompt"})
@@ -180,7 +187,7 @@ class Pipeline:
         m = self.manifest(s.name)
         if m is None:
             return "run", "not run yet"
-        upstream_pending = [r for r in refs_in(s.model_dump()) if r in pending]
+        upstream_pending = [r for r in self._upstream(s) if r in pending]
         if upstream_pending:
             return "run", f"after {', '.join(upstream_pending)} re-runs"
         try:

@@ -67,6 +67,7 @@ class StageType:
     run: Callable[[Any, StageContext], dict[str, str]]
     description: str
     estimate: Callable[[Any, Any], dict[str, Any]] | None = None  # (config, recipe) -> work estimate
+    depends_on_all: bool = False  # e.g. the report: re-runs when any earlier stage's outputs change
 
 
 REGISTRY: dict[str, StageType] = {}
@@ -74,11 +75,11 @@ _loaded = False
 
 
 def stage_type(type_name: str, config: type[StageConfig], description: str,
-               estimate: Callable[[Any, Any], dict[str, Any]] | None = None):
+               estimate: Callable[[Any, Any], dict[str, Any]] | None = None, depends_on_all: bool = False):
     """Decorator registering `run(config, ctx)` as the stage type `type_name`."""
 
     def deco(fn):
-        REGISTRY[type_name] = StageType(type_name, config, fn, description, estimate)
+        REGISTRY[type_name] = StageType(type_name, config, fn, description, estimate, depends_on_all)
         return fn
 
     return deco
