@@ -7,6 +7,7 @@ Preference   a prompt with chosen and rejected answers, their scores and provena
 SafetyItem   a harmful request with a safe response (MedSafetyBench style)
 NERItem      a text with typed entity spans (CCKS-2019 style, end exclusive)
 AttitudeItem a Likert statement about patients (bias probe)
+TextItem     a raw text for continued pre-training (corpus files)
 """
 
 from __future__ import annotations
@@ -150,6 +151,14 @@ class SafetyItem(Record):
     harmful: bool = True
     language: str = "en"
     source: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("request")
+    @classmethod
+    def _request_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("request is empty")
+        return v
 
 
 class Entity(Record):
@@ -165,6 +174,7 @@ class NERItem(Record):
     entities: list[Entity] = Field(default_factory=list)
     language: str = "zh"
     source: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _spans_match(self) -> NERItem:
@@ -188,10 +198,33 @@ class AttitudeItem(Record):
     source: str | None = None
 
 
+class TextItem(Record):
+    id: str
+    text: str
+    language: str = "en"
+    source: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _text_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is empty")
+        return v
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     "mcq": MCQItem, "chat": Chat, "preference": Preference, "longform": LongFormItem,
-    "safety": SafetyItem, "ner": NERItem, "attitude": AttitudeItem,
+    "safety": SafetyItem, "ner": NERItem, "attitude": AttitudeItem, "text": TextItem,
 }
+
+
+def kind_name(kind: type[Record]) -> str:
+    """The short name of a record type ("mcq", "chat", ...)."""
+    for name, cls in RECORD_TYPES.items():
+        if cls is kind:
+            return name
+    raise KeyError(kind.__name__)
 
 
 def validation_message(err: ValidationError) -> tuple[str, str]:
@@ -213,11 +246,19 @@ def parse_record(kind: type[Record], obj: Any, *, file: object = None, line: int
         raise InputError(msg, file=file, line=line, field=field) from None
 
 
-def read_records(path: str | os.PathLike, kind: type[Record]) -> list[Record]:
-    """Read a JSONL file of records; checks every line and rejects duplicate ids."""
+def read_records(path: str | os.PathLike, kind: type[Record] | None = None) -> list[Record]:
+    """Read a JSONL file of records (type detected from the first line when not given); checks every line
+    and rejects duplicate ids."""
     out: list[Record] = []
     seen: dict[str, int] = {}
     for line, obj in iter_jsonl(path):
+        if kind is None:
+            if not isinstance(obj, dict):
+                raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line)
+            try:
+                kind = detect_kind(obj)
+            except InputError as e:
+                raise InputError(e.reason, file=path, line=line) from None
         rec = parse_record(kind, obj, file=path, line=line)
         rid = getattr(rec, "id", None)
         if rid is not None:
@@ -251,4 +292,6 @@ def detect_kind(obj: dict[str, Any]) -> type[Record]:
         return AttitudeItem
     if "question" in keys:
         return LongFormItem
+    if "text" in keys:
+        return TextItem
     raise InputError(f"cannot tell the record type from fields {sorted(keys)}")
