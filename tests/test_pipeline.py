@@ -139,3 +139,15 @@ def test_cli_typo_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "unknown key 'sed'" in r.stderr and "did you mean 'seed'" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_loader_spec_input_change_reruns(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text('{"value": 5}')
+    stages = [{"name": "a", "type": "test_count", "label": f"medqa_us:{src}"}]
+    Pipeline(load_recipe(recipe(tmp_path, stages))).run()
+    m = json.loads((tmp_path / "run" / "a" / "manifest.json").read_text())
+    assert f"medqa_us:{src}" in m["inputs"]
+    src.write_text('{"value": 6}')
+    Pipeline(load_recipe(recipe(tmp_path, stages))).run()
+    assert RUNS["a"] == 2

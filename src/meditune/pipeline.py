@@ -91,18 +91,29 @@ def fingerprint_path(path: Path) -> str:
     return hash_path(path)
 
 
+def _local_path(value: str) -> Path | None:
+    """The local file or directory a config string names: a path, or the file behind a `loader:path` spec."""
+    try:
+        p = Path(value).expanduser()
+        if p.exists() and str(p) not in (".", "/"):
+            return p
+        if ":" in value:
+            from meditune.data.registry import spec_path
+
+            return spec_path(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def input_hashes(value: Any) -> dict[str, str]:
     """Hashes of every existing local file or directory named in a (resolved) config."""
     found: dict[str, str] = {}
 
     def walk(v: Any) -> None:
         if isinstance(v, str) and v and len(v) < 4096 and not v.startswith(("http://", "https://")):
-            p = Path(v).expanduser()
-            try:
-                exists = p.exists() and str(p) not in (".", "/")
-            except OSError:
-                exists = False
-            if exists:
+            p = _local_path(v)
+            if p is not None:
                 found[v] = fingerprint_path(p)
         elif isinstance(v, dict):
             for x in v.values():
