@@ -151,3 +151,21 @@ def test_loader_spec_input_change_reruns(tmp_path):
     src.write_text('{"value": 6}')
     Pipeline(load_recipe(recipe(tmp_path, stages))).run()
     assert RUNS["a"] == 2
+
+
+def test_stage_sees_which_keys_the_recipe_set(tmp_path):
+    seen = {}
+    from meditune.stages import REGISTRY
+
+    original = REGISTRY["test_count"].run
+
+    def spy(cfg, ctx):
+        seen["fields_set"] = set(cfg.model_fields_set)
+        return original(cfg, ctx)
+
+    REGISTRY["test_count"].run = spy
+    try:
+        Pipeline(load_recipe(recipe(tmp_path, [{"name": "a", "type": "test_count", "value": 2}]))).run()
+    finally:
+        REGISTRY["test_count"].run = original
+    assert seen["fields_set"] == {"name", "type", "value"}

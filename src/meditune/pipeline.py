@@ -266,7 +266,9 @@ class Pipeline:
                     "started": now(), "finished": None, "outputs": {}}
         write_json(sdir / MANIFEST, manifest)
         log.info("run %s (%s)", s.name, s.type)
-        cfg = type(s).model_validate(resolved)
+        # re-validate from the keys the recipe set (refs resolved), so stages can tell "unset" from "set to
+        # the default" (model_fields_set) and inherit recipe-wide settings only when unset
+        cfg = type(s).model_validate(resolve_refs(s.model_dump(mode="json", exclude_unset=True), outputs))
         ctx = StageContext(run_dir=self.run_dir, stage_dir=sdir, recipe=self.recipe, outputs=outputs)
         t0 = time.time()
         try:

@@ -1,0 +1,248 @@
+"""Generate over a whole dataset: fixed work units, append-only shards, resume after SIGKILL, progress bar.
+
+Layout of a job directory:
+  job.json            what the job is (model key + fingerprint of all requests); a different job is refused
+  shards/shard-N.jsonl one shard per run of the job, one line per finished request, appended unit by unit
+  generations.jsonl   the merged result in input order, written atomically when every request is done
+
+Exactly-once: a run never appends to an older shard (a torn last line stays at the end of its own shard and is
+skipped), a request counts as done when its line is complete, and the merge keeps one line per id.
+Reproducibility: requests are cut into fixed units of `unit_size` in input order and a unit is always generated
+as a whole (finished ids are dropped when writing), so a resumed job batches exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meditune.errors import ConfigError, InputError
+from meditune.generation.base import Backend, Generation, GenerationRequest, SamplingParams
+from meditune.generation.cache import GenerationCache, request_key
+from meditune.io import append_jsonl, hash_obj, iter_jsonl, read_json, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAME = "generations.jsonl"
+
+
+@dataclass
+class JobResult:
+    """What a job run did; `path` is the merged output."""
+
+    path: Path
+    shards: Path
+    records: int
+    generated: int  # requests generated in this run (cache misses)
+    cached: int  # requests answered from the cache in this run
+    resumed: int  # requests already done by earlier runs
+    completion_tokens: int
+    seconds: float  # wall time of the run, model loading included
+    generate_seconds: float = 0.0  # time spent generating (what tokens/s is measured against)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Completion tokens per second of generation time in this run."""
+        return self.completion_tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+        return {**d, "tokens_per_second": round(self.tokens_per_second, 2)}
+
+
+def request_from_dict(obj: Any, *, file: object = None, line: int | None = None,
+                      defaults: SamplingParams | None = None) -> GenerationRequest:
+    """A GenerationRequest from its JSON form (`to_dict`); errors name file, line and field."""
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=file, line=line)
+    rid = obj.get("id")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
+        raise InputError("missing or empty id", file=file, line=line, field="id")
+    prompt, messages = obj.get("prompt"), obj.get("messages") or []
+    if prompt is not None and not isinstance(prompt, str):
+        raise InputError("must be a string", file=file, line=line, field="prompt")
+    if prompt is None:
+        if not isinstance(messages, list) or not messages:
+            raise InputError("give a non-empty 'messages' list or a 'prompt'", file=file, line=line,
+                             field="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str) \
+                    or m.get("role") not in ("system", "user", "assistant"):
+                raise InputError("must be {role: system|user|assistant, content: str}", file=file, line=line,
+                                 field=f"messages[{i}]")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    params = defaults or SamplingParams()
+    raw = obj.get("params") or {}
+    if not isinstance(raw, dict):
+        raise InputError("must be an object", file=file, line=line, field="params")
+    fields = set(SamplingParams.__dataclass_fields__)
+    for k in raw:
+        if k not in fields:
+            raise InputError(f"unknown sampling parameter; valid: {', '.join(sorted(fields))}", file=file,
+                             line=line, field=f"params.{k}")
+    merged = {**params.to_dict(), **raw}
+    stop = merged["stop"]
+    merged["stop"] = tuple([stop] if isinstance(stop, str) else stop or ())
+    try:
+        params = SamplingParams(**merged)
+    except TypeError as e:
+        raise InputError(str(e), file=file, line=line, field="params") from None
+    return GenerationRequest(str(rid), messages if prompt is None else [], params, prompt)
+
+
+def read_requests(path: str | os.PathLike, defaults: SamplingParams | None = None) -> list[GenerationRequest]:
+    """Read a JSONL file of requests ({id, messages | prompt, params?}); duplicate ids are errors."""
+    out, seen = [], {}
+    for line, obj in iter_jsonl(path):
+        req = request_from_dict(obj, file=path, line=line, defaults=defaults)
+        if req.id in seen:
+            raise InputError(f"duplicate id {req.id!r} (first on line {seen[req.id]})", file=path, line=line,
+                             field="id")
+        seen[req.id] = line
+        out.append(req)
+    return out
+
+
+def _job_identity(requests: Sequence[GenerationRequest], model: dict[str, Any], unit_size: int) -> dict[str, Any]:
+    return {"model": model, "requests": hash_obj([r.to_dict() for r in requests]), "count": len(requests),
+            "unit_size": unit_size}
+
+
+def _done_records(shards: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    for shard in sorted(shards.glob("shard-*.jsonl")):
+        for _, obj in iter_jsonl(shard, tolerate_torn_tail=True):
+            done[obj["id"]] = obj
+    return done
+
+
+def _lock(out_dir: Path):
+    """An exclusive lock on the job directory: two processes appending to one job would waste work."""
+    import fcntl
+
+    f = open(out_dir / ".lock", "a")  # noqa: SIM115 - kept open for the lock's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ConfigError(f"{out_dir} is being generated by another process") from None
+    return f
+
+
+def _next_shard(shards: Path) -> int:
+    nums = [int(p.stem.split("-")[1]) for p in shards.glob("shard-*.jsonl") if p.stem.split("-")[1].isdigit()]
+    return max(nums, default=-1) + 1
+
+
+def _record(req: GenerationRequest, gens: list[Generation], label: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": req.id}
+    if req.prompt is not None:
+        row["prompt"] = req.prompt
+    else:
+        row["messages"] = req.messages
+    row["params"] = req.params.to_dict()
+    row["model"] = label
+    row["generations"] = [{k: v for k, v in g.to_dict().items() if k != "request_id"} for g in gens]
+    return row
+
+
+def run_job(requests: Sequence[GenerationRequest], backend: Backend | Callable[[], Backend], out_dir: str | os.PathLike,
+            *, model: dict[str, Any], label: str = "model", unit_size: int = 64,
+            cache: GenerationCache | None = None, progress: bool = True) -> JobResult:
+    """Generate every request into out_dir, resuming whatever an earlier (killed) run finished.
+
+    `backend` may be a zero-argument factory, called only when something is left to generate.
+    """
+    start = time.perf_counter()
+    out_dir, unit_size = Path(out_dir), max(1, unit_size)
+    ids = [r.id for r in requests]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"duplicate request id {dup!r}: ids must be unique to resume", field="id")
+    shards = out_dir / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out_dir)  # noqa: F841 - held (and released by the OS even on SIGKILL) until we return
+    identity = _job_identity(requests, model, unit_size)
+    meta = out_dir / "job.json"
+    if meta.exists() and read_json(meta) != identity:
+        raise ConfigError(f"{out_dir} holds a different generation job (other model, requests or unit size); "
+                          "choose another output directory or remove it")
+    write_json(meta, identity)
+    done = _done_records(shards)
+    resumed = sum(1 for i in ids if i in done)
+    units = [list(requests[i:i + unit_size]) for i in range(0, len(requests), unit_size)]
+    todo_units = [u for u in units if any(r.id not in done for r in u)]
+    generated = cached = tokens = 0
+    gen_s = 0.0
+    if todo_units:
+        inner = backend() if callable(backend) and not hasattr(backend, "generate") else backend
+        shard = shards / f"shard-{_next_shard(shards):05d}.jsonl"
+        with _Progress(progress, total=len(requests), done=resumed) as bar:
+            for unit in todo_units:
+                keys = [request_key(model, r) for r in unit] if cache is not None else []
+                hits = [cache.get(k, r.id) for k, r in zip(keys, unit, strict=True)] if cache is not None else [None]
+                # All or nothing per unit: a partly cached unit is generated whole, so batching never depends
+                # on how far an earlier (killed) run got.
+                if all(h is not None for h in hits):
+                    results, cached = hits, cached + len(unit)
+                else:
+                    t0 = time.perf_counter()
+                    results = inner.generate(unit)
+                    gen_s += time.perf_counter() - t0
+                    generated += len(unit)
+                rows = [_record(r, g, label) for r, g in zip(unit, results, strict=True) if r.id not in done]
+                append_jsonl(shard, rows)
+                if cache is not None and results is not hits:
+                    cache.put(list(zip(keys, results, strict=True)))
+                for row in rows:
+                    done[row["id"]] = row
+                new_tokens = sum(g["completion_tokens"] for row in rows for g in row["generations"])
+                tokens += new_tokens
+                bar.advance(len(rows), new_tokens)
+    path = out_dir / OUTPUT_NAME
+    n = write_jsonl(path, (done[i] for i in ids))
+    return JobResult(path, shards, n, generated, cached, resumed, tokens, time.perf_counter() - start, gen_s)
+
+
+class _Progress:
+    """A rich progress bar with records and completion tokens/s (silent when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._p = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                               console=Console(stderr=True))
+            self._p.__enter__()
+            self._task = self._p.add_task("generate", total=self.total, completed=self.done, rate="- tok/s")
+        return self
+
+    def advance(self, records: int, tokens: int) -> None:
+        self.tokens += tokens
+        rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+        if self.enabled:
+            self._p.update(self._task, advance=records, rate=f"{rate:,.1f} tok/s")
+        else:
+            log.debug("generated %d records, %.1f tok/s", records, rate)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._p.__exit__(*exc)

@@ -1,0 +1,175 @@
+"""Batched generation with a transformers model: left padding, length-sorted batches, per-sample seeds.
+
+What is guaranteed: a sample's output is a function of (model, prompt, params, sample index) on the same
+hardware, dtype and batch layout. The random stream of a sample depends only on (seed, index), never on the
+other requests of the batch; a different batch composition changes the padding and so can change logits in
+the last floating-point bits, which very rarely flips a token (greedy ties or a draw at a CDF boundary).
+`meditune generate` fixes the batch layout per work unit, so resumed jobs reproduce uninterrupted ones exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meditune.chat import render_chat
+from meditune.generation.base import BackendConfig, Generation, GenerationRequest, SamplingParams
+from meditune.generation.sampling import check_request, sample_next, sample_seed, truncate_at_stop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Row:
+    """One sample being generated: request position, sample index, prompt ids and its progress."""
+
+    req: int
+    index: int
+    prompt: list[int]
+    params: SamplingParams
+    max_new: int
+    out: list[int] = field(default_factory=list)
+    finish: str | None = None
+
+
+class TransformersBackend:
+    """The `transformers` backend: a local model, batched on CPU or GPU."""
+
+    name = "transformers"
+
+    def __init__(self, cfg: BackendConfig | None = None, *, model: Any = None, tokenizer: Any = None):
+        self.cfg = cfg or BackendConfig()
+        if model is None:
+            from meditune.models import load_model
+
+            model, tokenizer = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
+                                          trust_remote_code=self.cfg.trust_remote_code)
+        self.model, self.tokenizer = model, tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = max(1, self.cfg.batch_size)
+        self.eos_ids = self._eos_ids()
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.tokens_generated = 0  # running total, for progress bars
+        self._keep_last = True
+
+    @property
+    def label(self) -> str:
+        return self.cfg.label
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for v in (gen_eos, self.tokenizer.eos_token_id):
+            if isinstance(v, int):
+                ids.add(v)
+            elif isinstance(v, (list, tuple)):
+                ids.update(int(x) for x in v)
+        return ids
+
+    def prompt_text(self, req: GenerationRequest) -> str:
+        """The exact text fed to the model: the raw prompt, or the chat rendered with our system-prompt policy."""
+        if req.prompt is not None:
+            return req.prompt
+        return render_chat(self.tokenizer, req.messages, system_prompt=self.cfg.system_prompt)
+
+    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+        """Token ids of the prompt (raw prompts get the tokenizer's special tokens, templates bring their own)."""
+        text = self.prompt_text(req)
+        return self.tokenizer(text, add_special_tokens=req.prompt is not None)["input_ids"]
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
+        """All n samples of every request, in request order."""
+        for req in requests:
+            check_request(req)
+        rows: list[_Row] = []
+        results: list[list[Generation | None]] = [[None] * r.params.n for r in requests]
+        for ri, req in enumerate(requests):
+            ids = self.prompt_ids(req)
+            room = self.context - len(ids)
+            for k in range(req.params.n):
+                if room < 1:
+                    log.warning("request %r: prompt of %d tokens does not fit the %d-token context",
+                                req.id, len(ids), self.context)
+                    results[ri][k] = Generation(req.id, k, "", len(ids), 0, "error")
+                    continue
+                rows.append(_Row(ri, k, ids, req.params, min(req.params.max_new_tokens, room)))
+        # Longest prompts first: padding stays small and an out-of-memory shows up in the first batch.
+        rows.sort(key=lambda r: (-len(r.prompt), r.req, r.index))
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start:start + self.batch_size]
+            self._run_batch(batch)
+            for r in batch:
+                results[r.req][r.index] = self._finish(requests[r.req], r)
+        return [list(gens) for gens in results]  # type: ignore[arg-type]
+
+    def _finish(self, req: GenerationRequest, row: _Row) -> Generation:
+        out = row.out
+        if out and out[-1] in self.eos_ids:
+            out = out[:-1]
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
+        text, hit = truncate_at_stop(text, row.params.stop)
+        reason = "stop" if hit or row.finish == "stop" else "length"
+        return Generation(req.id, row.index, text, len(row.prompt), len(row.out), reason)
+
+    def _stop_hit(self, row: _Row) -> bool:
+        # Decode only the tail: enough tokens to contain the longest stop string.
+        tail = max(len(s) for s in row.params.stop) + 8
+        return truncate_at_stop(self.tokenizer.decode(row.out[-tail:], skip_special_tokens=True),
+                                row.params.stop)[1]
+
+    def _forward(self, **inputs: Any) -> Any:
+        """Last-position logits; logits_to_keep=1 skips the vocabulary projection of the other positions."""
+        if self._keep_last:
+            try:
+                return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            except TypeError as e:  # models (remote code, older) that do not take logits_to_keep
+                if "logits_to_keep" not in str(e):
+                    raise
+                self._keep_last = False
+        return self.model(**inputs, use_cache=True).logits[:, -1, :]
+
+    def _run_batch(self, batch: list[_Row]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.model.device
+        width = max(len(r.prompt) for r in batch)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in batch], device=dev)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in batch], device=dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [torch.Generator().manual_seed(sample_seed(r.params.seed, r.index)) for r in batch]
+        active = list(range(len(batch)))
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
+            last_pos = pos[:, -1]
+            while True:
+                rows = [batch[i] for i in active]
+                nxt = sample_next(logits, [r.params.temperature for r in rows], [r.params.top_p for r in rows],
+                                  [gens[i] for i in active]).tolist()
+                keep = []
+                for j, (r, tok) in enumerate(zip(rows, nxt, strict=True)):
+                    r.out.append(tok)
+                    if tok in self.eos_ids or (r.params.stop and self._stop_hit(r)):
+                        r.finish = "stop"
+                    elif len(r.out) >= r.max_new:
+                        r.finish = "length"
+                    else:
+                        keep.append(j)
+                self.tokens_generated += len(rows)
+                if not keep:
+                    break
+                if len(keep) < len(rows):  # drop finished rows from the batch and the KV cache
+                    sel = torch.tensor(keep, device=dev)
+                    cache.batch_select_indices(sel)
+                    mask, last_pos = mask[sel], last_pos[sel]
+                    active = [active[j] for j in keep]
+                    nxt = [nxt[j] for j in keep]
+                mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
+                last_pos = last_pos + 1
+                logits = self._forward(input_ids=torch.tensor(nxt, device=dev)[:, None], attention_mask=mask,
+                                       position_ids=last_pos[:, None], past_key_values=cache)
