@@ -1,0 +1,139 @@
+"""Collection: N generators (any backend, any mix) answer every question with the DAHL instruction; resumable.
+
+Answers go to answers/<generator>.jsonl, appended chunk by chunk; a restarted run skips questions whose
+answers are already on disk (a torn last line from a killed write is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
+from meditune.io import append_jsonl, iter_jsonl
+from meditune.prefs.questions import Question, question_text
+from meditune.scoring.dahl import DAHL_INSTRUCTION, DAHL_SAMPLING
+from meditune.scoring.registry import BackendFactory
+
+log = logging.getLogger(__name__)
+
+
+class GeneratorConfig(BackendConfig):
+    """A generator: how to reach the model, plus optional per-generator overrides of the collection settings."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    samples: int | None = Field(None, ge=1)
+    instruction: str | None = None  # "" = no instruction for this generator
+
+    def backend_config(self) -> BackendConfig:
+        return BackendConfig(**self.model_dump(include=set(BackendConfig.model_fields)))
+
+
+class CollectSettings(BaseModel):
+    """Defaults for every generator: the DAHL instruction and sampling (temperature 0.6, top_p 0.9, 256 tokens)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str = DAHL_INSTRUCTION
+    instruction_placement: Literal["user", "system"] = "user"
+    temperature: float = DAHL_SAMPLING.temperature
+    top_p: float = DAHL_SAMPLING.top_p
+    max_new_tokens: int = DAHL_SAMPLING.max_new_tokens
+    samples: int = Field(1, ge=1)
+    chunk_size: int = Field(64, ge=1, description="requests per backend call (and per append to disk)")
+
+
+def build_messages(question: str, instruction: str, placement: str) -> list[dict[str, str]]:
+    """The chat sent to a generator: the instruction really is in it (unlike the published HF script)."""
+    if not instruction:
+        return [{"role": "user", "content": question}]
+    if placement == "system":
+        return [{"role": "system", "content": instruction}, {"role": "user", "content": question}]
+    return [{"role": "user", "content": f"{instruction}\n{question}"}]
+
+
+def generator_label(gen: GeneratorConfig, index: int, taken: set[str]) -> str:
+    """A unique, file-safe label per generator."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", gen.label).strip("_") or f"gen{index}"
+    label = base if base not in taken else f"{base}-{index}"
+    taken.add(label)
+    return label
+
+
+def check_same_config(path: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume from files written under another configuration (stale answers or scores)."""
+    from meditune.errors import ConfigError
+    from meditune.io import read_json, write_json
+
+    if path.exists() and read_json(path) != json.loads(json.dumps(config, default=str)):
+        raise ConfigError(f"{path.parent} holds results of another configuration ({path.name} differs); "
+                          "use another output directory or remove it")
+    write_json(path, config)
+
+
+def answer_id(question_id: str, generator: str, sample: int) -> str:
+    return f"{question_id}|{generator}|{sample}"
+
+
+def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], settings: CollectSettings,
+            out_dir: Path, backends: BackendFactory, *, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Answers of every generator to every question, by generator label (loaded from disk where done)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    result: dict[str, list[dict[str, Any]]] = {}
+    for gi, gen in enumerate(generators):
+        label = generator_label(gen, gi, taken)
+        path = out_dir / f"{label}.jsonl"
+        done = {row["id"]: row for _, row in iter_jsonl(path, tolerate_torn_tail=True)} if path.exists() else {}
+        if path.exists():
+            _rewrite_without_torn_tail(path, done)
+        n = gen.samples or settings.samples
+        params = SamplingParams(
+            temperature=settings.temperature if gen.temperature is None else gen.temperature,
+            top_p=settings.top_p if gen.top_p is None else gen.top_p,
+            max_new_tokens=settings.max_new_tokens if gen.max_new_tokens is None else gen.max_new_tokens,
+            n=n, seed=seed)
+        instruction = settings.instruction if gen.instruction is None else gen.instruction
+        check_same_config(out_dir / f"{label}.config.json", {
+            "backend": gen.backend_config().model_dump(), "params": params.to_dict(), "instruction": instruction,
+            "placement": settings.instruction_placement})
+        todo = [it for it in items if any(answer_id(it.id, label, k) not in done for k in range(n))]
+        if todo:
+            log.info("generator %s: %d of %d questions to answer", label, len(todo), len(items))
+            backend = backends(gen.backend_config())
+            for start in range(0, len(todo), settings.chunk_size):
+                chunk = todo[start:start + settings.chunk_size]
+                reqs = [GenerationRequest(it.id, build_messages(question_text(it), instruction,
+                                                                settings.instruction_placement), params)
+                        for it in chunk]
+                rows = []
+                for it, req, gens in zip(chunk, reqs, backend.generate(reqs), strict=True):
+                    for g in gens:
+                        rows.append({"id": answer_id(it.id, label, g.index), "question_id": it.id,
+                                     "generator": label, "sample": g.index, "text": g.text,
+                                     "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
+                                     "completion_tokens": g.completion_tokens, "messages": req.messages,
+                                     "params": params.to_dict()})
+                append_jsonl(path, rows)
+                done.update((r["id"], r) for r in rows)
+        order = {it.id: i for i, it in enumerate(items)}
+        result[label] = sorted((r for r in done.values() if r["question_id"] in order),
+                               key=lambda r: (order[r["question_id"]], r["sample"]))
+    return result
+
+
+def _rewrite_without_torn_tail(path: Path, done: dict[str, dict[str, Any]]) -> None:
+    """Drop a torn last line (a killed append) so the next append starts on a fresh line."""
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        from meditune.io import write_jsonl
+
+        write_jsonl(path, done.values())

@@ -1,0 +1,45 @@
+"""Questions to collect answers for: any data source (meditune.data.load_source) or a JSONL of records."""
+
+from __future__ import annotations
+
+from meditune.errors import ConfigError
+from meditune.records import LongFormItem, MCQItem
+
+Question = LongFormItem | MCQItem
+
+
+def load_questions(spec: str, limit: int | None = None) -> list[Question]:
+    """Questions from a source spec ('dahl:path/questions.csv', 'sample:longform', a .jsonl of records, ...)."""
+    from meditune.data import load_source
+
+    items = [it for it in load_source(spec) if isinstance(it, (LongFormItem, MCQItem))]
+    if not items:
+        raise ConfigError(f"questions {spec!r}: no long-form or multiple-choice questions found")
+    return items[:limit] if limit else items
+
+
+def question_text(item: Question) -> str:
+    """The text a generator sees: the question, plus lettered options for an MCQ item."""
+    if isinstance(item, MCQItem):
+        opts = "\n".join(f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options, strict=True))
+        return f"{item.question}\n{opts}"
+    return item.question
+
+
+def references(item: Question) -> list[str]:
+    """Reference statements for grounded verification: must-have statements, else the reference text."""
+    if isinstance(item, LongFormItem):
+        if item.must_have:
+            return list(item.must_have) + list(item.nice_to_have)
+        if item.reference:
+            return _sentences(item.reference)
+    elif item.context:
+        return _sentences(item.context)
+    return []
+
+
+def _sentences(text: str) -> list[str]:
+    from meditune.scoring.dahl import split_sentences
+
+    # A passage is compared sentence by sentence, so one long reference does not dilute the similarity.
+    return split_sentences(text, drop_incomplete_last=False) or [text]

@@ -1,0 +1,24 @@
+"""Registers the `prefs` stage type (see meditune.prefs.build for what it does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meditune.prefs.build import PrefsStageConfig, build_preferences
+from meditune.stages import StageContext, stage_type
+
+
+def estimate(cfg: PrefsStageConfig, recipe: Any) -> dict[str, Any]:
+    """Questions, generations and scorer calls a dry run prints."""
+    n = cfg.limit or "all"
+    samples = sum(g.samples or cfg.collection.samples for g in cfg.generators)
+    gens = n * samples if isinstance(n, int) else f"{samples} per question"
+    return {"questions": n, "generators": len(cfg.generators), "generations": gens, "scorer": cfg.scorer.type,
+            "pairing": cfg.pairing.policy, "translation": cfg.translation.target_language if cfg.translation else None}
+
+
+@stage_type("prefs", PrefsStageConfig, "preference pairs from N generators' answers scored by DAHL or another "
+                                       "scorer (KoMeP-style), with a datacard", estimate=estimate)
+def run(cfg: PrefsStageConfig, ctx: StageContext) -> dict[str, str]:
+    """Build the preference dataset into the stage directory (resumes collection and scoring from disk)."""
+    return build_preferences(cfg, ctx.stage_dir, seed=ctx.seed)

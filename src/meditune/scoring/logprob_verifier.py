@@ -1,0 +1,66 @@
+"""A constrained verdict for small local judges: compare the next-token probability of "True" and "False".
+
+Same prompt as the published verifier ("Is this true or false? Answer in one word.", system "Be precise and
+concise."), but instead of parsing free text the verdict is whichever of the two words the judge finds more
+likely as its reply's first token. Small models rarely answer in one word, so free-text parsing turns almost
+every verdict into "bad"; this mode always yields true/false. It is an extension, not the published protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from meditune.scoring.base import ScoreInput
+from meditune.scoring.dahl import JudgeVerifier, Verdict
+
+TRUE_WORDS = ("True", "true", " True", " true", "TRUE")
+FALSE_WORDS = ("False", "false", " False", " false", "FALSE")
+
+
+class LogprobJudgeVerifier:
+    """Verdict = argmax over {True, False} of the judge's first-token probability (local transformers models)."""
+
+    name = "judge_logprob"
+
+    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+                 grounded: bool = False, trust_remote_code: bool = False):
+        self.spec, self.device, self.dtype, self.batch_size = model, device, dtype, batch_size
+        self.trust_remote_code = trust_remote_code
+        self.prompts = JudgeVerifier(None, grounded=grounded)  # type: ignore[arg-type]  # only builds requests
+        self._loaded = None
+
+    def _load(self):
+        if self._loaded is None:
+            from meditune.models import load_model
+
+            model, tok = load_model(self.spec, device=self.device, dtype=self.dtype,
+                                    trust_remote_code=self.trust_remote_code)
+            tok.padding_side = "left"
+            ids_t = sorted({tok.encode(w, add_special_tokens=False)[0] for w in TRUE_WORDS})
+            ids_f = sorted({tok.encode(w, add_special_tokens=False)[0] for w in FALSE_WORDS})
+            self._loaded = (model, tok, ids_t, ids_f)
+        return self._loaded
+
+    def verify(self, pairs: Sequence[tuple[ScoreInput, str]]) -> list[tuple[Verdict, dict[str, Any]]]:
+        import torch
+
+        from meditune.chat import render_chat
+
+        model, tok, ids_t, ids_f = self._load()
+        out: list[tuple[Verdict, dict[str, Any]]] = []
+        texts = [render_chat(tok, self.prompts.request(k, item, fact).messages) for k, (item, fact) in
+                 enumerate(pairs)]
+        for start in range(0, len(texts), self.batch_size):
+            enc = tok(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(model.device)
+            with torch.inference_mode():
+                logits = model(**enc).logits[:, -1, :].float()
+            probs = logits.softmax(-1)
+            p_true = probs[:, ids_t].sum(-1)
+            p_false = probs[:, ids_f].sum(-1)
+            for pt, pf in zip(p_true.tolist(), p_false.tolist(), strict=True):
+                share = pt / (pt + pf) if pt + pf > 0 else 0.5
+                out.append(("true" if pt > pf else "false",
+                            {"p_true": round(share, 4), "mass": round(pt + pf, 4)}))
+        return out
