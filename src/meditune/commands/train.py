@@ -1,11 +1,97 @@
-"""`meditune train`: filled in by its issue; see docs/architecture.md."""
+"""`meditune train cpt|sft|dpo|orpo|rm|rs|idpo`: run one training stage on its own, outside a recipe."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import Any
 
-train_app = typer.Typer(no_args_is_help=True, help="train (not yet implemented).")
+import typer
+from rich.console import Console
+
+console = Console()
+train_app = typer.Typer(no_args_is_help=True,
+                        help="Train: continued pre-training, SFT, DPO, ORPO, reward model, rejection sampling, "
+                             "iterative DPO (TRL + PEFT).")
+
+STAGES = {
+    "cpt": "Continued pre-training on raw text (.txt, a directory of .txt, or JSONL with 'text'), packed.",
+    "sft": "Supervised fine-tuning on chats; loss on assistant tokens only; LoRA or full.",
+    "dpo": "DPO on preference pairs; LoRA uses the adapter-off model as reference; several --data run in sequence.",
+    "orpo": "ORPO on preference pairs (no reference model).",
+    "rm": "Reward model (sequence classification) with held-out pairwise accuracy.",
+    "rs": "Rejection sampling: sample k per prompt, score, keep the top-K, SFT; --set rounds=N.",
+    "idpo": "Iterative DPO: sample n per prompt, DPO on best vs worst; --set rounds=N.",
+}
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
+
+
+def stage_config(stage: str, name: str, fields: dict[str, Any], config_file: Path | None, overrides: list[str]):
+    """The stage config from a YAML mapping, command-line fields and --set key=value overrides."""
+    import yaml
+    from pydantic import ValidationError
+
+    from meditune.errors import ConfigError
+    from meditune.recipe import _format_error, apply_overrides
+    from meditune.stages import registry
+
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        try:
+            raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{config_file}: invalid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of {stage} options")
+    raw.update({k: v for k, v in fields.items() if v is not None})
+    raw = apply_overrides(raw, overrides)
+    raw.update(name=name, type=stage)
+    model = registry()[stage].config
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise _format_error(e, model, "", str(config_file or "command line")) from None
+
+
+def _make_command(stage: str, help_text: str):
+    def command(
+        data: list[str] = typer.Option(..., "--data", "-d", help="Training data: a JSONL of records or a source "
+                                       "spec (repeat for several; dpo: runs them in sequence)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output directory (a killed run resumes here)."),
+        model: str = typer.Option("default", "--model", "-m", help="Base model: default | dir | adapter dir | "
+                                  "file.gguf | org/name."),
+        method: str = typer.Option(None, "--method", help="lora | full"),
+        max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs)."),
+        epochs: float = typer.Option(None, "--epochs"),
+        lr: float = typer.Option(None, "--lr", help="Learning rate (default depends on stage and method)."),
+        batch_size: int = typer.Option(None, "--batch-size"),
+        system_prompt: str = typer.Option(None, "--system-prompt", help="System prompt for every example."),
+        seed: int = typer.Option(0, "--seed"),
+        config: Path = typer.Option(None, "--config", "-c", help="YAML mapping of stage options."),
+        set_: list[str] = typer.Option([], "--set", help="Any stage option: key=value (repeatable)."),
+    ) -> None:
+        from meditune.logs import log_to_file
+        from meditune.recipe import Recipe
+        from meditune.stages import StageContext, registry
+
+        fields = {"data": data[0] if len(data) == 1 else data, "method": method, "max_steps": max_steps,
+                  "epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "system_prompt": system_prompt}
+        cfg = stage_config(stage, stage, fields, config, set_)
+        recipe = Recipe(name=f"train-{stage}", model=model, seed=seed)
+        out.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(run_dir=out, stage_dir=out, recipe=recipe)
+        with log_to_file(out / "train.log"):
+            outs = registry()[stage].run(cfg, ctx)
+        for name, path in outs.items():
+            console.print(f"{name}: {path}")
+
+    command.__doc__ = help_text
+    return command
+
+
+for _stage, _help in STAGES.items():
+    train_app.command(_stage, help=_help)(_make_command(_stage, _help))

@@ -1,0 +1,213 @@
+"""Options shared by every training stage, model loading for training and the TRL argument mapping."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from meditune.errors import ConfigError
+from meditune.stages import StageConfig
+
+log = logging.getLogger(__name__)
+
+FROM_RECIPE = "recipe"  # sentinel: take the recipe-wide value
+
+
+class TrainOptions(StageConfig):
+    """Settings every training stage has (a stage config subclasses this and adds its own)."""
+
+    model: str | None = None  # None: the recipe's model; accepts "@stage"
+    data: str | list[str] = Field(description="JSONL of records, or a data source spec")
+    eval_data: str | None = None
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="held out from data when eval_data is unset")
+    method: Literal["lora", "full"] = "lora"
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float | None = Field(None, gt=0.0)  # None: the stage's default
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=8)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    activation_checkpointing: bool = False  # trades ~20-30 % speed for activation memory
+    seed: int | None = None  # None: the recipe seed
+    device: str | None = None
+    dtype: str | None = None
+    system_prompt: str | None = FROM_RECIPE  # "recipe": the recipe's; None: none; "model-default"
+    report_to: list[str] = Field(default_factory=list)  # e.g. ["wandb"]; CSV + TensorBoard are always written
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(0, ge=0)  # > 0: checkpoints for resuming a killed run
+    save_merged: bool = False  # LoRA: also write the merged full model
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_reporters(cls, v: list[str]) -> list[str]:
+        known = {"wandb", "tensorboard", "mlflow", "comet_ml", "trackio", "none"}
+        bad = [r for r in v if r not in known]
+        if bad:
+            raise ValueError(f"unknown report_to {bad}; use some of {sorted(known)}")
+        return v
+
+
+@dataclass
+class Settings:
+    """Recipe defaults merged with the stage's own options."""
+
+    model: str
+    seed: int
+    device: str
+    dtype: str
+    system_prompt: str | None
+    trust_remote_code: bool
+
+
+def settings(cfg: TrainOptions, recipe: Any) -> Settings:
+    """Stage options with recipe-wide defaults filled in."""
+    model = cfg.model or getattr(recipe, "model", None) or "default"
+    sp = getattr(recipe, "system_prompt", None) if cfg.system_prompt == FROM_RECIPE else cfg.system_prompt
+    return Settings(model=model, seed=cfg.seed if cfg.seed is not None else getattr(recipe, "seed", 0),
+                    device=cfg.device or getattr(recipe, "device", "auto"),
+                    dtype=cfg.dtype or getattr(recipe, "dtype", "auto"), system_prompt=sp,
+                    trust_remote_code=bool(getattr(recipe, "trust_remote_code", False)))
+
+
+def base_model_dir(spec: str, stage_dir: Path, trust_remote_code: bool = False) -> tuple[str, str]:
+    """(directory of full weights to train from, spec to record as base).
+
+    An adapter input (e.g. "@sft" of a LoRA SFT) is merged once into stage_dir/base, because a new adapter must
+    sit on full weights for meditune.models to load it later.
+    """
+    from meditune.models import resolve
+
+    rm = resolve(spec)
+    if rm.kind != "adapter":
+        if rm.kind == "hub" and not Path(rm.path).is_dir():
+            from meditune.models import hub_snapshot
+
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise ConfigError(f"{spec!r} is not in the local hub cache and HF_HUB_OFFLINE=1")
+            return str(hub_snapshot(spec, download=True)), spec
+        return rm.path, spec
+    out = stage_dir / "base"
+    if not (out / "config.json").exists():
+        from meditune.models import load_model
+
+        log.info("merging adapter %s into %s to train on top of it", spec, out)
+        model, tok = load_model(rm, device="cpu", dtype="float32", trust_remote_code=trust_remote_code)
+        tmp = out.with_name(f"base.partial{os.environ.get('RANK', '')}")  # one per process under torchrun
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished the same merge first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out), str(out)
+
+
+def load_causal_lm(path: str, s: Settings):
+    """(model, tokenizer) ready for training: safetensors only, pad token set, on the chosen device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from meditune.models import pick_device, pick_dtype
+
+    dev = pick_device(s.device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(s.dtype, dev), use_safetensors=True,
+                                                 trust_remote_code=s.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=s.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def lora_config(cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
+    """PEFT LoraConfig from the stage options, or None for full fine-tuning."""
+    if cfg.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type=task_type, bias="none")
+
+
+def trainer_kwargs(cfg: TrainOptions, s: Settings, out_dir: Path, *, default_lr: float,
+                   has_eval: bool = False) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL *Config (a transformers TrainingArguments subclass)."""
+    import torch
+
+    from meditune.models import pick_device, pick_dtype
+
+    dev = pick_device(s.device)
+    dtype = pick_dtype(s.dtype, dev)
+    report = [r for r in cfg.report_to if r not in ("tensorboard", "none")]  # our callback writes TensorBoard
+    return dict(
+        output_dir=str(out_dir / "checkpoints"),
+        learning_rate=cfg.learning_rate or default_lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        activation_checkpointing=cfg.activation_checkpointing,
+        seed=s.seed,
+        data_seed=s.seed,
+        # TRL defaults bf16=True even on CPU; we train in the weights' dtype (fp32 on CPU, bf16 on CUDA).
+        bf16=dtype == torch.bfloat16 and dev.startswith("cuda"),
+        fp16=False,
+        use_cpu=dev == "cpu",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=2,
+        eval_strategy="epoch" if has_eval else "no",
+        report_to=report or "none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA and full models use every trainable parameter each step
+        ddp_backend="gloo" if dev == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    """The newest checkpoint of a killed run, to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = out_dir / "checkpoints"
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+
+
+def make_dataset(rows: list[dict[str, Any]], stage_dir: Path, name: str):
+    """A datasets.Dataset of rows; under several processes it is backed by files in stage_dir, so caches that
+    TRL shares between ranks by file name (precomputed reference log-probs) resolve to the same place."""
+    from datasets import Dataset
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dataset.from_list(rows)
+    from accelerate import PartialState
+    from datasets import load_dataset
+
+    from meditune.io import write_jsonl
+
+    state = PartialState()
+    path = stage_dir / "data" / f"{name}.jsonl"
+    with state.main_process_first():  # rank 0 writes and converts first; the others reuse its arrow files
+        if state.is_main_process:
+            write_jsonl(path, rows)
+        return load_dataset("json", data_files=str(path), split="train", cache_dir=str(stage_dir / "data" / "cache"))
