@@ -1,0 +1,131 @@
+"""Chain-of-thought prompts ending in "Answer: X", answer parsing, and bounded retries of unparseable answers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from meditune.generation.base import Backend, GenerationRequest, SamplingParams
+from meditune.records import LETTERS, MCQItem
+
+PROMPT_VERSION = "cot-v1"  # bump when the wording below changes: CoT bank keys include it
+
+COT_INSTRUCTION = ("Think step by step, then finish with a final line of the form \"Answer: X\", where X is the "
+                   "letter of the correct option ({letters}).")
+DIRECT_INSTRUCTION = "Reply with the letter of the correct option only ({letters})."
+
+# "Answer: C", "answer is (C)", "Answer: [C]", "**Answer:** C": the word is case-insensitive, the letter is not,
+# and must not start a longer word ("Answer: Ceftriaxone" is not C).
+_ANSWER_RE = re.compile(r"(?i:answer)(?:\s+(?i:is))?\s*\**\s*[:：]?\s*\**\s*[\[\(]?\s*([A-Z])(?![A-Za-z0-9])")
+_LEADING_LETTER_RE = re.compile(r"^\W{0,3}([A-Z])(?![A-Za-z0-9])")
+
+
+def question_block(item: MCQItem) -> str:
+    """The question (with its context, if any) followed by lettered options, one per line."""
+    parts = [item.context.strip()] if item.context else []
+    parts.append(item.question.strip())
+    parts.append("\n".join(f"{letter}. {opt.strip()}" for letter, opt in zip(item.letters, item.options, strict=True)))
+    return "\n\n".join(parts)
+
+
+def _letters_hint(item: MCQItem) -> str:
+    return ", ".join(item.letters)
+
+
+def cot_user_turn(item: MCQItem) -> str:
+    """User turn of a CoT question."""
+    return f"{question_block(item)}\n\n{COT_INSTRUCTION.format(letters=_letters_hint(item))}"
+
+
+def cot_messages(item: MCQItem, shots: Sequence[tuple[MCQItem, str]] = ()) -> list[dict[str, str]]:
+    """Chat messages: each shot is a (question, rationale ending in "Answer: X") exchange, then the question."""
+    msgs: list[dict[str, str]] = []
+    for shot_item, rationale in shots:
+        msgs.append({"role": "user", "content": cot_user_turn(shot_item)})
+        msgs.append({"role": "assistant", "content": rationale})
+    msgs.append({"role": "user", "content": cot_user_turn(item)})
+    return msgs
+
+
+def direct_messages(item: MCQItem) -> list[dict[str, str]]:
+    """Chat messages asking for the letter only (zero-shot, no reasoning)."""
+    return [{"role": "user",
+             "content": f"{question_block(item)}\n\n{DIRECT_INSTRUCTION.format(letters=_letters_hint(item))}"}]
+
+
+def parse_cot_answer(text: str, n_options: int) -> int | None:
+    """Index of the LAST "Answer: X" in the text whose letter is a valid option, else None."""
+    valid = LETTERS[:n_options]
+    found = [m for m in _ANSWER_RE.finditer(text) if m.group(1) in valid]
+    return valid.index(found[-1].group(1)) if found else None
+
+
+def parse_direct_answer(text: str, n_options: int) -> int | None:
+    """Index of a letter-only reply ("C", "(C)", "C. Ceftriaxone"), or of the last "Answer: X"; else None."""
+    valid = LETTERS[:n_options]
+    m = _LEADING_LETTER_RE.match(text.strip())
+    if m and m.group(1) in valid:
+        return valid.index(m.group(1))
+    return parse_cot_answer(text, n_options)
+
+
+def trim_rationale(text: str, n_options: int) -> str | None:
+    """The text up to and including its last valid "Answer: X", normalised to end with "Answer: X"."""
+    valid = LETTERS[:n_options]
+    found = [m for m in _ANSWER_RE.finditer(text) if m.group(1) in valid]
+    if not found:
+        return None
+    last = found[-1]
+    body = text[: last.start()].rstrip()
+    return f"{body}\nAnswer: {last.group(1)}" if body else f"Answer: {last.group(1)}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Unparseable answers are re-asked up to max_retries times, each time hotter and longer."""
+
+    max_retries: int = 2
+    temperature_step: float = 0.05
+    extra_tokens: int = 128
+
+    def params_for(self, base: SamplingParams, attempt: int, sample: int) -> SamplingParams:
+        """Sampling settings of retry number `attempt` (1-based) of sample `sample`."""
+        return replace(base, n=1, temperature=base.temperature + self.temperature_step * attempt,
+                       max_new_tokens=base.max_new_tokens + self.extra_tokens * attempt,
+                       seed=base.seed + 7919 * attempt + 104729 * sample)
+
+
+@dataclass
+class Sample:
+    """One answer to one request after retries: the final text, its parsed option (or None) and its cost."""
+
+    text: str
+    answer: int | None
+    retries: int = 0
+    completion_tokens: int = 0  # summed over the first try and every retry
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+def generate_parsed(backend: Backend, requests: Sequence[GenerationRequest], n_options: Sequence[int], *,
+                    parser=parse_cot_answer, policy: RetryPolicy = RetryPolicy()) -> list[list[Sample]]:
+    """Run requests (n samples each), parse every sample, retry the unparseable ones; per request its samples."""
+    if len(requests) != len(n_options):
+        raise ValueError("one option count per request is needed")
+    results: list[list[Sample]] = []
+    for _req, gens, k in zip(requests, backend.generate(requests), n_options, strict=True):
+        results.append([Sample(g.text, parser(g.text, k), 0, g.completion_tokens, g.prompt_tokens,
+                               g.finish_reason) for g in gens])
+    for attempt in range(1, policy.max_retries + 1):
+        pending = [(r, s) for r, samples in enumerate(results) for s, smp in enumerate(samples) if smp.answer is None]
+        if not pending:
+            break
+        retry_reqs = [replace(requests[r], id=f"{requests[r].id}#s{s}#retry{attempt}",
+                              params=policy.params_for(requests[r].params, attempt, s)) for r, s in pending]
+        for (r, s), gens in zip(pending, backend.generate(retry_reqs), strict=True):
+            g, old = gens[0], results[r][s]
+            results[r][s] = Sample(g.text, parser(g.text, n_options[r]), attempt,
+                                   old.completion_tokens + g.completion_tokens,
+                                   old.prompt_tokens + g.prompt_tokens, g.finish_reason)
+    return results
