@@ -1,0 +1,1 @@
+"""Model merging: linear, SLERP, task arithmetic, TIES, DARE, streamed tensor by tensor (see docs/merging.md)."""
