@@ -1,0 +1,112 @@
+"""Wall time of lm-evaluation-harness (at its best batch size) vs meditune on MedQA items with full-text options.
+
+Both score the same items with the same prompts (lm-eval's medqa_4options prompt, continuation = " " + option
+text: the Med42 protocol) on the default model, float32, CPU, in this one process, with the model already in
+memory for both (load time excluded). lm-eval's batch size is chosen by timing a few candidates on a warm-up
+subset; meditune runs before and after lm-eval and its mean time is used (the machine may be shared). Prints
+the ratio lm-eval / meditune and checks that the accuracies are identical.
+
+  python bench/mcqa_speed.py --n 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mcqa_parity import SHARED, lm_eval_task_dir, read_medqa, write_mcq_jsonl  # noqa: E402
+
+
+def time_lm_eval(lm, task_dir: Path, task: str, batch_size: int, limit: int | None = None) -> tuple[float, dict]:
+    """Seconds for lm-eval's simple_evaluate with a given batch size (model object reused)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    lm.batch_size_per_gpu = batch_size
+    tm = TaskManager(include_path=str(task_dir))
+    t0 = time.perf_counter()
+    out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, num_fewshot=0, limit=limit,
+                          random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+    return time.perf_counter() - t0, out
+
+
+def time_meditune(model, tok, data: Path, out_dir: Path, batch_size: int, limit: int | None = None
+                  ) -> tuple[float, dict]:
+    """Seconds for meditune's evaluate_mcqa (model passed in)."""
+    import shutil
+
+    from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
+    from meditune.io import read_json
+
+    shutil.rmtree(out_dir, ignore_errors=True)  # no resume: time a full run
+    opts = MCQAOptions(model="default", data=str(data), template="medqa", choices="full", mode="loglik",
+                       batch_size=batch_size, limit=limit, device="cpu", dtype="float32")
+    t0 = time.perf_counter()
+    paths = evaluate_mcqa(opts, out_dir, preloaded=(model, tok))
+    return time.perf_counter() - t0, read_json(paths["results"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100, help="MedQA-US dev items")
+    ap.add_argument("--warmup", type=int, default=12, help="items used to pick lm-eval's batch size")
+    ap.add_argument("--lm-batch-sizes", default="1,4,16")
+    ap.add_argument("--batch-size", type=int, default=8, help="meditune questions per batch")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if not SHARED.is_dir():
+        print(f"skipped: {SHARED} not present")
+        return 0
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    from meditune.models import load_model
+
+    model, tok = load_model("default", device="cpu", dtype="float32")
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1, device="cpu")
+    rows = read_medqa(args.n)
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        task = lm_eval_task_dir(tmp, rows, [])["medqa_full"]
+        data = write_mcq_jsonl(rows, tmp / "items.jsonl")
+        time_meditune(model, tok, data, tmp / "warm", args.batch_size, limit=2)  # warm-up (first-call costs)
+        trial = {}
+        for bs in [int(b) for b in args.lm_batch_sizes.split(",")]:
+            trial[bs], _ = time_lm_eval(lm, tmp / "tasks", task, bs, limit=args.warmup)
+            print(f"lm-eval warm-up ({args.warmup} items) batch {bs}: {trial[bs]:.1f}s", flush=True)
+        best = min(trial, key=trial.__getitem__)
+        m1, res1 = time_meditune(model, tok, data, tmp / "mt1", args.batch_size)
+        print(f"meditune run 1: {m1:.1f}s", flush=True)
+        lm_s, lm_out = time_lm_eval(lm, tmp / "tasks", task, best)
+        print(f"lm-eval batch {best}: {lm_s:.1f}s", flush=True)
+        m2, res2 = time_meditune(model, tok, data, tmp / "mt2", args.batch_size)
+        print(f"meditune run 2: {m2:.1f}s", flush=True)
+    mt_s = (m1 + m2) / 2
+    lm_res = lm_out["results"][task]
+    mt = res1["meditune"]["metrics"]
+    same = (abs(lm_res["acc,none"] - mt["acc"]["value"]) < 1e-12
+            and abs(lm_res["acc_norm,none"] - mt["acc_norm"]["value"]) < 1e-12)
+    print("\n| items | options | lm-eval batch | lm-eval s | meditune s (mean of 2) | ratio | acc (both) | "
+          "acc_norm (both) | identical |\n|---|---|---|---|---|---|---|---|---|")
+    print(f"| {len(rows)} | full text, 4 | {best} | {lm_s:.1f} | {mt_s:.1f} | {lm_s / mt_s:.2f}x | "
+          f"{mt['acc']['value']:.4f} | {mt['acc_norm']['value']:.4f} | {'yes' if same else 'NO'} |")
+    print(f"\nCPU float32, torch threads {torch.get_num_threads()}, meditune batch {args.batch_size}; "
+          f"meditune runs {m1:.1f}s / {m2:.1f}s")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Generative multiple choice: greedy answers to the rendered prompt, then extraction of the chosen letter.
+
+Extraction is a cascade (the first pattern that matches wins; its LAST match is taken, as lm-eval's
+kormedmcqa filter does): an explicit cue ("Answer: C", "answer is (C)", "정답: C", "정답은 C입니다",
+"答案：C"), then a letter at the very start ("C", "(C)", "C) ..."), then "C." anywhere, then a standalone
+capital letter. Only the item's own letters count (A-D for 4 options). No match = unparseable (counted).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from meditune.generation.base import Generation, GenerationRequest
+
+# Stop strings of lm-eval's kormedmcqa task, minus "." (which would cut "C. Because..." before the letter on
+# some models; extraction handles the rest) - see docs/evaluation-mcqa.md.
+DEFAULT_STOP = ("Q:", "</s>", "<|im_end|>", "\n\n")
+
+
+@lru_cache(maxsize=32)
+def _patterns(letters: str) -> list[re.Pattern[str]]:
+    cls = f"[{letters}]"
+    cue = r"(?i:answer|correct answer|final answer)(?:\s+(?i:is))?|정답(?:은|는)?|答案(?:是|为)?"
+    return [
+        re.compile(rf"(?:{cue})\s*\**\s*[:：]?\s*\**\s*[\[\(（]?\s*({cls})(?![A-Za-z])"),
+        re.compile(rf"^\s*[\[\(（]?({cls})(?![A-Za-z])"),
+        re.compile(rf"(?<![A-Za-z])({cls})\."),
+        re.compile(rf"(?<![A-Za-z])({cls})(?![A-Za-z])"),
+    ]
+
+
+def extract_choice(text: str, n_options: int) -> int | None:
+    """0-based option index named in a generated answer, or None when no letter can be found."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_options]
+    for pattern in _patterns(letters):
+        found = pattern.findall(text)
+        if found:
+            return letters.index(found[-1])
+    return None
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut text at the first stop string (as lm-eval's `until`); returns (text, stopped)."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@dataclass
+class GenOut:
+    """One greedy completion."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+    truncated_tokens: int = 0
+
+
+def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 32,
+                   stop: Sequence[str] = DEFAULT_STOP, batch_size: int = 8, temperature: float = 0.0,
+                   top_p: float = 1.0, seed: int = 0, max_length: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[GenOut]:
+    """Complete raw prompts (already chat-rendered when wanted), batched and sorted by length."""
+    import torch
+
+    from meditune.evaluation.loglik import TokenEncoder, model_max_length
+
+    enc = TokenEncoder(tokenizer)
+    window = (max_length or model_max_length(model, tokenizer)) - max_new_tokens
+    if window <= 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room in the context window")
+    encoded = [enc.encode(p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outs: list[GenOut | None] = [None] * len(prompts)
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad}
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stop:
+        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            seqs = [encoded[i][-window:] for i in idx]  # left truncation, as lm-eval's generate_until
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):  # left padding for generation
+                ids[r, width - len(s):] = torch.tensor(s)
+                mask[r, width - len(s):] = 1
+            if temperature > 0:
+                torch.manual_seed(seed + start)
+            gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                 **gen_kwargs)
+            for r, i in enumerate(idx):
+                new = gen[r, width:].tolist()
+                if tokenizer.eos_token_id in new:
+                    new = new[: new.index(tokenizer.eos_token_id)]
+                while new and new[-1] == pad:
+                    new.pop()
+                raw = tokenizer.decode(new, skip_special_tokens=True)
+                text, stopped = truncate_at_stop(raw, stop)
+                finish = "stop" if stopped or len(new) < max_new_tokens else "length"
+                outs[i] = GenOut(text, len(seqs[r]), len(new), finish, len(encoded[i]) - len(seqs[r]))
+            if progress:
+                progress(len(idx))
+    return outs  # type: ignore[return-value]
+
+
+class LocalBackend:
+    """A `meditune.generation.base.Backend` over an already loaded model, for strategies in this process."""
+
+    name = "local-transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, *, system_prompt: str | None = None, batch_size: int = 8,
+                 max_length: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.system_prompt, self.batch_size, self.max_length = system_prompt, batch_size, max_length
+
+    def _prompt(self, req: GenerationRequest) -> str:
+        from meditune.chat import render_chat
+
+        if req.prompt is not None:
+            return req.prompt
+        return render_chat(self.tokenizer, req.messages, system_prompt=self.system_prompt)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
+        """Generations for each request (n samples each; greedy when temperature is 0)."""
+        results: list[list[Generation]] = [[] for _ in requests]
+        # Group by sampling params so each group is one batched call per sample index.
+        groups: dict[Any, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(req.params, []).append(i)
+        for params, idx in groups.items():
+            prompts = [self._prompt(requests[i]) for i in idx]
+            for k in range(params.n):
+                outs = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=params.max_new_tokens,
+                                      stop=params.stop, batch_size=self.batch_size, temperature=params.temperature,
+                                      top_p=params.top_p, seed=params.seed + 1000 * k, max_length=self.max_length)
+                for i, o in zip(idx, outs, strict=True):
+                    results[i].append(Generation(requests[i].id, k, o.text, o.prompt_tokens, o.completion_tokens,
+                                                 o.finish_reason))
+        return results

@@ -1,0 +1,160 @@
+"""Samples -> lm-eval-compatible results.json (+ CIs, per-subject breakdown), and paired comparison of two runs.
+
+A sample is a dict with at least: doc_id, id, subject, gold, pred, metrics ({name: per-item value}).
+results.json keeps lm-eval's top-level layout (results / configs / versions / n-shot / higher_is_better /
+n-samples / config / task_hashes / date) with lm-eval's "metric,filter" keys, and adds for every metric
+"<metric>_ci_low,none" / "<metric>_ci_high,none" plus a `meditune` section: n, protocol, CIs, per-subject
+breakdown, unparseable and truncation counts, and the path of samples.jsonl.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from meditune.errors import InputError
+from meditune.evaluation.stats import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
+from meditune.io import hash_obj, iter_jsonl, read_json, write_json, write_jsonl
+
+FILTER = "none"  # lm-eval's filter name for unfiltered metrics
+RESULTS_VERSION = 1
+
+
+def stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean with the sample standard deviation (lm-eval's mean_stderr)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mu = sum(values) / n
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)
+
+
+def metric_summary(values: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """Mean, n, standard error and 95% bootstrap CI of per-item values."""
+    n = len(values)
+    low, high = bootstrap_ci(values, seed=seed)
+    return {"value": sum(values) / n if n else float("nan"), "n": n, "stderr": stderr(values),
+            "ci_low": low, "ci_high": high}
+
+
+def aggregate(samples: Sequence[dict[str, Any]], seed: int = 0) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(overall {metric: summary}, per-subject {subject: {metric: summary}}) over the samples' metrics."""
+    names: list[str] = []
+    for s in samples:
+        for k in s.get("metrics", {}):
+            if k not in names:
+                names.append(k)
+    overall = {m: metric_summary([float(s["metrics"][m]) for s in samples if m in s["metrics"]], seed)
+               for m in names}
+    by_subject: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        by_subject[str(s.get("subject") or "all")].append(s)
+    breakdown = {}
+    if len(by_subject) > 1:
+        for subj in sorted(by_subject):
+            group = by_subject[subj]
+            breakdown[subj] = {m: metric_summary([float(s["metrics"][m]) for s in group if m in s["metrics"]],
+                                                 seed) for m in names}
+    return overall, breakdown
+
+
+def build_results(task: str, samples: Sequence[dict[str, Any]], *, task_config: dict[str, Any],
+                  run_config: dict[str, Any], protocol: dict[str, Any], n_original: int | None = None,
+                  num_fewshot: int = 0, extra: dict[str, Any] | None = None, seed: int = 0,
+                  started: float | None = None) -> dict[str, Any]:
+    """The results.json object for one task."""
+    overall, breakdown = aggregate(samples, seed)
+    task_results: dict[str, Any] = {"alias": task}
+    for m, s in overall.items():
+        task_results[f"{m},{FILTER}"] = s["value"]
+        task_results[f"{m}_stderr,{FILTER}"] = s["stderr"]
+        task_results[f"{m}_ci_low,{FILTER}"] = s["ci_low"]
+        task_results[f"{m}_ci_high,{FILTER}"] = s["ci_high"]
+    n = len(samples)
+    end = time.time()
+    meditune: dict[str, Any] = {
+        "results_version": RESULTS_VERSION,
+        "n": n,
+        "protocol": protocol,
+        "metrics": overall,
+        "ci": {"method": "percentile bootstrap", "confidence": 0.95, "resamples": DEFAULT_RESAMPLES, "seed": seed},
+        "breakdown": breakdown,
+        "samples": "samples.jsonl",
+        **(extra or {}),
+    }
+    return {
+        "results": {task: task_results},
+        "group_subtasks": {task: []},
+        "configs": {task: task_config},
+        "versions": {task: task_config.get("metadata", {}).get("version", 1.0)},
+        "n-shot": {task: num_fewshot},
+        "higher_is_better": {task: {m: True for m in overall}},
+        "n-samples": {task: {"original": n_original if n_original is not None else n, "effective": n}},
+        "config": run_config,
+        "task_hashes": {task: hash_obj([(s.get("id"), s.get("prompt")) for s in samples])},
+        "date": started or end,
+        "start_time": started,
+        "end_time": end,
+        "total_evaluation_time_seconds": str(end - started) if started else None,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "meditune": meditune,
+    }
+
+
+def write_outputs(out_dir: str | Path, results: dict[str, Any], samples: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Write samples.jsonl then results.json (atomically); returns {"results": ..., "samples": ...}."""
+    out = Path(out_dir)
+    write_jsonl(out / "samples.jsonl", samples)
+    write_json(out / "results.json", results)
+    return {"results": str(out / "results.json"), "samples": str(out / "samples.jsonl")}
+
+
+def main_task(results: dict[str, Any], path: object = None) -> str:
+    """The (single) task name of a results.json."""
+    tasks = list(results.get("results", {}))
+    if not tasks:
+        raise InputError("no 'results' entries (not a results.json?)", file=path, field="results")
+    return tasks[0]
+
+
+def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
+    """The per-sample records of a results.json (samples.jsonl beside it)."""
+    results_path = Path(results_path)
+    res = read_json(results_path)
+    name = (res.get("meditune") or {}).get("samples", "samples.jsonl")
+    path = results_path.parent / name
+    samples = []
+    for line, obj in iter_jsonl(path):
+        if not isinstance(obj, dict) or "id" not in obj or not isinstance(obj.get("metrics"), dict):
+            raise InputError("a sample needs 'id' and a 'metrics' object", file=path, line=line)
+        samples.append(obj)
+    return samples
+
+
+def compare(a_path: str | Path, b_path: str | Path, metric: str | None = None, *, seed: int = 0) -> dict[str, Any]:
+    """B minus A on the items both evaluated: per metric the paired-bootstrap difference, CI and p-value."""
+    sa, sb = load_samples(a_path), load_samples(b_path)
+    ia, ib = {s["id"]: s for s in sa}, {s["id"]: s for s in sb}
+    common = [i for i in ia if i in ib]
+    if not common:
+        raise InputError(f"no item ids in common between {a_path} and {b_path}", file=b_path)
+    names = [m for m in (sa[0]["metrics"] if sa else {}) if all(m in ib[i]["metrics"] for i in common)]
+    if metric:
+        if metric not in names:
+            raise InputError(f"metric {metric!r} not in both runs; shared metrics: {names}", file=b_path,
+                             field="metrics")
+        names = [metric]
+    rows = {}
+    for m in names:
+        a = [float(ia[i]["metrics"][m]) for i in common]
+        b = [float(ib[i]["metrics"][m]) for i in common]
+        rows[m] = {"a": sum(a) / len(a), "b": sum(b) / len(b),
+                   **paired_bootstrap(a, b, seed=seed)}
+    return {"a": str(a_path), "b": str(b_path), "n_common": len(common), "only_a": len(ia) - len(common),
+            "only_b": len(ib) - len(common), "metrics": rows,
+            "method": "paired percentile bootstrap over common items, 95% CI, diff = b - a"}
