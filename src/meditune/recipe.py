@@ -143,17 +143,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load, override and validate a recipe file."""
+def read_yaml(path: str | Path, what: str = "recipe") -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a ConfigError naming the file and line."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"recipe not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file."""
+    data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)
     return parse_recipe(data, str(path))

@@ -12,7 +12,6 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meditune.errors import ConfigError
@@ -90,16 +89,9 @@ def evaluate(value: ParameterValue, tensor: str, t: float) -> Any:
 
 def load_merge_config(path: str | Path) -> MergeSpec:
     """Read and validate a merge YAML; errors name the file and key."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"merge config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_merge_config(data, str(path))
+    from meditune.recipe import read_yaml
+
+    return parse_merge_config(read_yaml(path, "merge config"), str(path))
 
 
 def parse_merge_config(data: Any, source: str = "merge config") -> MergeSpec:
