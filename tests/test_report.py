@@ -22,9 +22,10 @@ def fake_eval(run: Path, name: str, correct: list[int]) -> None:
     write_json(d / "results.json", {
         "results": {"sample_mcq": {"acc,none": acc, "acc_ci_low,none": acc - 0.1, "acc_ci_high,none": acc + 0.1}},
         "n-samples": {"sample_mcq": {"original": n, "effective": n}},
-        "meditune": {"protocol": {"sample_mcq": "loglik, 0-shot"},
-                     "by_subject": {"acc": {"cardiology": {"value": acc, "ci_low": acc - 0.2, "ci_high": acc + 0.1},
-                                            "neurology": {"value": acc / 2, "ci_low": 0, "ci_high": acc}}}}})
+        "meditune": {"protocol": {"strategy": "direct", "mode": "loglik", "choices": "full", "shots": 0,
+                                  "chat_template": True},
+                     "breakdown": {"cardiology": {"acc": {"value": acc, "ci_low": acc - 0.2, "ci_high": acc + 0.1}},
+                                   "neurology": {"acc": {"value": acc / 2, "ci_low": 0, "ci_high": acc}}}}})
     write_jsonl(d / "samples.jsonl", [{"id": f"q{i}", "metrics": {"acc": c}} for i, c in enumerate(correct)])
     write_json(d / "manifest.json", {"stage": name, "type": "eval_mcqa", "status": "done", "duration_s": 3,
                                      "config": {"data": "sample:mcq"}, "started": f"2026-01-01T00:0{len(name)}",
@@ -46,12 +47,16 @@ def fake_run(tmp_path: Path, before: list[int], after: list[int]) -> Path:
     write_jsonl(p / "pairs.jsonl", [{"id": "p1", "prompt": [{"role": "user", "content": "What causes gout?"}],
                                      "chosen": "Uric acid crystals.", "rejected": "Eating cheese only.",
                                      "chosen_score": 1.0, "rejected_score": 0.0,
-                                     "provenance": {"question_id": "q1"}}])
-    write_jsonl(p / "scores.jsonl", [{"question_id": "q1", "text": "Uric acid crystals.", "score": 1.0,
+                                     "provenance": {"question_id": "q1", "chosen_answer": "q1|gen-a|0",
+                                                    "rejected_answer": "q1|gen-b|0", "chosen_generator": "gen-a"}}])
+    write_jsonl(p / "scores.jsonl", [{"answer_id": "q1|gen-a|0", "question_id": "q1", "value": 1.0,
                                       "evidence": {"facts": [{"fact": "Gout is caused by uric acid crystals.",
                                                               "verdict": "true"}]}}])
-    write_json(p / "datacard.json", {"score_histograms": {"gen-a": [0.9, 0.8, 1.0], "gen-b": [0.2, 0.5]},
-                                     "pair_margins": [0.7, 0.3, 0.5]})
+    edges = [i / 10 for i in range(11)]
+    write_json(p / "datacard.json", {"generators": [
+        {"label": "gen-a", "histogram": {"edges": edges, "counts": [0, 0, 0, 0, 0, 0, 0, 0, 1, 2]}},
+        {"label": "gen-b", "histogram": {"edges": edges, "counts": [0, 0, 1, 0, 0, 1, 0, 0, 0, 0]}}],
+        "margin_histogram": {"edges": edges, "counts": [0, 0, 0, 1, 0, 1, 0, 1, 0, 0]}})
     write_text(p / "datacard.md", "# datacard\n3 pairs")
     write_json(p / "manifest.json", {"stage": "prefs", "type": "prefs", "status": "done", "duration_s": 50,
                                      "config": {}, "started": "2026-01-01T00:05",
@@ -72,6 +77,8 @@ def test_report_content_and_honest_verdict(tmp_path):
     assert "before → after_eval" in page and "a detectable improvement" in page
     assert page.count("<svg") >= 4  # curves, score histogram, margins, by-subject
     assert "Gout is caused by uric acid crystals." in page and "model card" in page and "datacard" in page
+    assert "answer scores per generator" in page and "score margin" in page and "acc by subject" in page
+    assert "direct, loglik, full choices, 0-shot, chat template" in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 

@@ -26,6 +26,11 @@ def report(
 
     if not run_dir.is_dir() or not list(run_dir.glob("*/manifest.json")):
         raise ConfigError(f"{run_dir} is not a run directory (no */manifest.json)")
-    path = build_report(run_dir, out or run_dir / "report.html", title=title or f"meditune: {run_dir.name}",
-                        recipe={"name": run_dir.name}, pair_samples=pair_samples)
+    from meditune.io import read_json
+
+    manifests = [read_json(m) for m in sorted(run_dir.glob("*/manifest.json"))]
+    recipe = next((m["recipe"] for m in manifests if isinstance(m.get("recipe"), dict)), {"name": run_dir.name})
+    path = build_report(run_dir, out or run_dir / "report.html",
+                        title=title or f"meditune: {recipe.get('name', run_dir.name)}",
+                        recipe=recipe, pair_samples=pair_samples)
     console.print(f"wrote {path}")

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"]
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 510, 260, 56, 16, 24, 44
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 510, 280, 56, 16, 24, 64
 
 
 def _esc(x: object) -> str:
@@ -123,12 +123,15 @@ def bar_chart(title: str, bars: Sequence[tuple[str, float]], *, errors: Sequence
         if sname:
             body.append(f'<text x="{W - PAD_R - 4}" y="{PAD_T + 12 + 13 * si}" text-anchor="end" font-size="10" '
                         f'fill="{color}">{_esc(sname)}</text>')
-    step = max(1, len(labels) // 12)
+    step = max(1, len(labels) // 24)
+    crowded = len(labels) > 6  # long category names: slant them so they do not overlap
     for li, lbl in enumerate(labels):
         if li % step == 0:
             x = PAD_L + li * slot + slot / 2
-            short = lbl if len(lbl) <= 14 else lbl[:13] + "…"
-            body.append(f'<text x="{x:.1f}" y="{H - PAD_B + 14}" text-anchor="middle" font-size="9">'
+            short = lbl if len(lbl) <= 12 else lbl[:11] + "…"
+            y = H - PAD_B + 12
+            anchor = f'text-anchor="end" transform="rotate(-30 {x:.1f} {y})"' if crowded else 'text-anchor="middle"'
+            body.append(f'<text x="{x:.1f}" y="{y}" {anchor} font-size="9"><title>{_esc(lbl)}</title>'
                         f'{_esc(short)}</text>')
     return _frame(title, body, ticks, y_of, x_label, y_label)
 

@@ -50,7 +50,10 @@ def metric_rows(stage: str, results: dict[str, Any]) -> list[MetricRow]:
     """Metrics of an lm-eval-style results dict: `metric,filter` keys with `_ci_low/_ci_high/_stderr` companions."""
     rows = []
     n_samples = results.get("n-samples", {})
-    protocols = results.get("meditune", {}).get("protocol", {}) if isinstance(results.get("meditune"), dict) else {}
+    med = results.get("meditune") if isinstance(results.get("meditune"), dict) else {}
+    protocols = med.get("protocol", {})
+    if isinstance(protocols, dict) and not all(isinstance(v, str) for v in protocols.values()):
+        protocols = describe_protocol(protocols)  # one protocol for the whole result file
     for task, vals in (results.get("results") or {}).items():
         if not isinstance(vals, dict):
             continue
@@ -66,8 +69,26 @@ def metric_rows(stage: str, results: dict[str, Any]) -> list[MetricRow]:
                 lo, hi = value - 1.96 * se, value + 1.96 * se
             n = vals.get(f"{name}_n{suffix}") or vals.get("n") or n_task
             proto = protocols.get(task, "") if isinstance(protocols, dict) else str(protocols)
+            if name.endswith("_per_token"):
+                proto = f"{proto}; per-token normalisation" if proto else "per-token normalisation"
             rows.append(MetricRow(stage, task, name, value, lo, hi, int(n) if n else None, proto))
     return rows
+
+
+def describe_protocol(p: dict[str, Any]) -> str:
+    """A short human description of an evaluation protocol dict (mode, choices, shots, template, strategy)."""
+    parts = []
+    for key, fmt in (("strategy", "{}"), ("mode", "{}"), ("choices", "{} choices"), ("shots", "{}-shot"),
+                     ("template", "template {}")):
+        if p.get(key) not in (None, ""):
+            parts.append(fmt.format(p[key]))
+    if "chat_template" in p:
+        parts.append("chat template" if p["chat_template"] else "no chat template")
+    for key, val in p.items():  # other evaluations: short scalar settings
+        if key not in ("strategy", "mode", "choices", "shots", "template", "chat_template") and \
+                isinstance(val, (str, int, float, bool)) and len(str(val)) < 40:
+            parts.append(f"{key} {val}")
+    return ", ".join(parts)
 
 
 def read_samples(path: str | Path, limit: int = 200_000) -> list[dict[str, Any]]:

@@ -123,15 +123,27 @@ def section_before_after(stages: list[StageInfo], pairs: list[tuple[str, str]] |
     return ("<h2>Before / after</h2>" + "".join(parts)) if parts else ""
 
 
+def _breakdown_blocks(med: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(title, {metric: {group: value-dict}}) blocks; MCQA's `breakdown` is {subject: {metric: ...}}."""
+    blocks = [(title, med[key]) for key, title in (("by_subject", "by subject"), ("by_category", "by category"),
+                                                   ("by_group", "by group"), ("by_dimension", "by dimension"))
+              if isinstance(med.get(key), dict)]
+    bd = med.get("breakdown")
+    if isinstance(bd, dict) and bd:
+        flipped: dict[str, dict[str, Any]] = {}
+        for group, metrics in bd.items():
+            for metric, v in (metrics or {}).items():
+                flipped.setdefault(metric, {})[group] = v
+        blocks.append(("by subject", flipped))
+    return blocks
+
+
 def _breakdown_charts(s: StageInfo) -> list[str]:
-    """Accuracy by subject / rate by category from results' meditune breakdowns."""
+    """Accuracy by subject / rate by category from results' meditune breakdowns (first metric of each)."""
     out = []
     med = (s.results or {}).get("meditune", {}) if isinstance((s.results or {}).get("meditune"), dict) else {}
-    for key, title in (("by_subject", "by subject"), ("by_category", "by category")):
-        block = med.get(key)
-        if not isinstance(block, dict):
-            continue
-        for metric, groups in block.items():
+    for title, block in _breakdown_blocks(med):
+        for metric, groups in list(block.items())[:2]:
             if not isinstance(groups, dict):
                 continue
             bars, errs = [], []
@@ -145,6 +157,29 @@ def _breakdown_charts(s: StageInfo) -> list[str]:
     return out
 
 
+def _binned(hist: Any) -> list[tuple[str, float]] | None:
+    """Bars of a {"edges": [...], "counts": [...]} histogram."""
+    if not isinstance(hist, dict) or not isinstance(hist.get("counts"), list):
+        return None
+    edges = hist.get("edges") or list(range(len(hist["counts"]) + 1))
+    return [(f"{edges[i]:.2g}", float(c)) for i, c in enumerate(hist["counts"])]
+
+
+def _datacard_charts(stage: str, card: dict[str, Any]) -> list[str]:
+    """Score histograms per generator and the pair-margin histogram of a preference datacard."""
+    out = []
+    groups = {g.get("label", f"gen{i}"): bars for i, g in enumerate(card.get("generators") or [])
+              if isinstance(g, dict) and (bars := _binned(g.get("histogram")))}
+    if groups:
+        out.append(charts.bar_chart(f"{stage}: answer scores per generator", [], groups=groups,
+                                    y_label="answers", x_label="score (bin start)"))
+    margins = _binned(card.get("margin_histogram"))
+    if margins:
+        out.append(charts.bar_chart(f"{stage}: chosen - rejected score margin", margins, y_label="pairs",
+                                    x_label="margin (bin start)"))
+    return out
+
+
 def section_plots(stages: list[StageInfo]) -> str:
     svgs = []
     for s in stages:
@@ -153,14 +188,7 @@ def section_plots(stages: list[StageInfo]) -> str:
             svgs.append(charts.line_chart(f"{s.name}: training curves", curves, y_label="value"))
         card = load_json_output(s, "datacard")
         if isinstance(card, dict):
-            hist = card.get("score_histograms") or card.get("scores_by_generator")
-            if isinstance(hist, dict):
-                samples = {g: v for g, v in hist.items() if isinstance(v, list)}
-                if samples:
-                    svgs.append(charts.histogram(f"{s.name}: scores per generator", samples, lo=0, hi=1))
-            margins = card.get("pair_margins") or card.get("margins")
-            if isinstance(margins, list) and margins:
-                svgs.append(charts.histogram(f"{s.name}: pair margins", {"margin": margins}, x_label="margin"))
+            svgs.extend(_datacard_charts(s.name, card))
         svgs.extend(_breakdown_charts(s))
     svgs = [x for x in svgs if x]
     return ("<h2>Plots</h2><div class='charts'>" + "".join(svgs) + "</div>") if svgs else ""
@@ -176,7 +204,7 @@ def section_pairs(stages: list[StageInfo], n: int) -> str:
         spath = s.outputs.get("scores")
         if spath and Path(spath).is_file() and spath.endswith(".jsonl"):
             for _, row in iter_jsonl(spath, tolerate_torn_tail=True):
-                evidence[(str(row.get("question_id", row.get("id"))), row.get("text", row.get("response")))] = row
+                evidence[str(row.get("answer_id"))] = row
         items = []
         for _, pref in iter_jsonl(path):
             items.append(pref)
@@ -185,10 +213,10 @@ def section_pairs(stages: list[StageInfo], n: int) -> str:
         parts.append(f"<h3>{esc(s.name)}: {len(items)} sample pairs</h3>")
         for p in items:
             prompt = " ".join(m.get("content", "") for m in p.get("prompt", []) if m.get("role") == "user")
-            qid = str(p.get("provenance", {}).get("question_id", p.get("id")))
+            prov = p.get("provenance", {})
             sides = []
             for side in ("chosen", "rejected"):
-                ev = evidence.get((qid, p.get(side)))
+                ev = evidence.get(str(prov.get(f"{side}_answer")))
                 facts = ""
                 if ev and isinstance(ev.get("evidence"), dict):
                     fs = ev["evidence"].get("facts") or []
@@ -197,8 +225,10 @@ def section_pairs(stages: list[StageInfo], n: int) -> str:
                         f"<span class='tag'>{esc(f.get('verdict'))}</span></li>" for f in fs if isinstance(f, dict)
                     ) + "</ul>"
                 score = p.get(f"{side}_score")
+                gen = prov.get(f"{side}_generator")
                 sides.append(f"<div><b>{side}</b> <span class='tag'>score {fmt(score, 2) if score is not None else '–'}"
-                             f"</span><pre>{esc(p.get(side))}</pre>{facts}</div>")
+                             f"</span>{f' <span class=tag>{esc(gen)}</span>' if gen else ''}"
+                             f"<pre>{esc(p.get(side))}</pre>{facts}</div>")
             parts.append(f"<details><summary>{esc(prompt[:160])}</summary><div class='pair'>{''.join(sides)}</div>"
                          "</details>")
     return ("<h2>Preference pairs</h2>" + "".join(parts)) if parts else ""
