@@ -201,3 +201,18 @@ def test_resuming_under_another_config_is_refused(tmp_path):
     other_scorer = config(tmp_path, scorer={"type": "dahl", "judge": {"name": "judge"}, "splitter": "sentences"})
     with pytest.raises(ConfigError, match="scores.config.json"):
         build_preferences(other_scorer, tmp_path / "run", backends=Backends())
+
+
+def test_generators_and_judge_inherit_the_recipe_model_when_unset():
+    from types import SimpleNamespace
+
+    from meditune.prefs.build import PrefsStageConfig
+    from meditune.prefs.stage import inherit_recipe_settings
+
+    cfg = PrefsStageConfig.model_validate({"name": "p", "type": "prefs", "questions": "sample:longform",
+                                           "generators": [{"name": "a"}, {"name": "b", "model": "other/model"}]})
+    recipe = SimpleNamespace(model="org/big", device="cuda", dtype="bf16", trust_remote_code=False)
+    for b in [*cfg.generators, cfg.scorer.judge]:
+        inherit_recipe_settings(b, recipe)
+    assert [g.model for g in cfg.generators] == ["org/big", "other/model"]
+    assert cfg.scorer.judge.model == "org/big" and cfg.generators[0].device == "cuda"
