@@ -15,7 +15,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install -q "$TORCH_SPEC"
 fi
 # Keep the installed torch pinned for every later pip call (peft/trl would otherwise pull another build).
-TV=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")
+TV=$("$VPY" -W ignore -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==$TV" > .venv/constraints.txt
 export PIP_CONSTRAINT="$PWD/.venv/constraints.txt"
 
