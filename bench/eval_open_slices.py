@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, ready  # noqa: E402
 
 
 def _fmt(s: dict) -> str:
@@ -42,12 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-category", type=int, default=1, help="MedSafetyBench requests per category")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if not SHARED.is_dir():
-        print(f"skipped: {SHARED} not present")
+    if not ready(args.threads):
         return 0
     from meditune.data import load_source
     from meditune.evaluation.bias import BiasOptions, evaluate_bias

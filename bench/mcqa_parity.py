@@ -27,7 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, ready  # noqa: E402
+
 MEDQA = SHARED / "medqa_us" / "US" / "4_options" / "phrases_no_exclude_dev.jsonl"
 KORMED = [SHARED / "kormedmcqa" / "doctor" / "valid.csv", SHARED / "kormedmcqa" / "nurse" / "valid.csv"]
 LETTERS = "ABCDE"
@@ -155,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if not SHARED.is_dir():
-        print(f"skipped: {SHARED} not present")
+    if not ready(args.threads):
         return 0
     from meditune.models import resolve
 

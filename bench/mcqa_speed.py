@@ -23,7 +23,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mcqa_parity import SHARED, lm_eval_task_dir, read_medqa, write_mcq_jsonl  # noqa: E402
+from common import ready  # noqa: E402
+from mcqa_parity import lm_eval_task_dir, read_medqa, write_mcq_jsonl  # noqa: E402
 
 
 def time_lm_eval(lm, task_dir: Path, task: str, batch_size: int, limit: int | None = None) -> tuple[float, dict]:
@@ -63,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="meditune questions per batch")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if not SHARED.is_dir():
-        print(f"skipped: {SHARED} not present")
+    if not ready(args.threads):
         return 0
     import torch
     from lm_eval.models.huggingface import HFLM
