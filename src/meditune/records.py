@@ -246,6 +246,16 @@ def parse_record(kind: type[Record], obj: Any, *, file: object = None, line: int
         raise InputError(msg, file=file, line=line, field=field) from None
 
 
+def detect_kind_at(obj: Any, *, file: object = None, line: int | str | None = None) -> type[Record]:
+    """detect_kind for one line of a file: errors name the file and line."""
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=file, line=line)
+    try:
+        return detect_kind(obj)
+    except InputError as e:
+        raise InputError(e.reason, file=file, line=line) from None
+
+
 def read_records(path: str | os.PathLike, kind: type[Record] | None = None) -> list[Record]:
     """Read a JSONL file of records (type detected from the first line when not given); checks every line
     and rejects duplicate ids."""
@@ -253,12 +263,7 @@ def read_records(path: str | os.PathLike, kind: type[Record] | None = None) -> l
     seen: dict[str, int] = {}
     for line, obj in iter_jsonl(path):
         if kind is None:
-            if not isinstance(obj, dict):
-                raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line)
-            try:
-                kind = detect_kind(obj)
-            except InputError as e:
-                raise InputError(e.reason, file=path, line=line) from None
+            kind = detect_kind_at(obj, file=path, line=line)
         rec = parse_record(kind, obj, file=path, line=line)
         rid = getattr(rec, "id", None)
         if rid is not None:

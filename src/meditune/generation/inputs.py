@@ -52,7 +52,7 @@ def record_messages(rec: Any) -> list[dict[str, str]]:
 def requests_from_objects(rows: list[tuple[int, Any]], source: object,
                           defaults: SamplingParams) -> list[GenerationRequest]:
     """Requests from (line, object) pairs; errors name source, line and field; duplicate ids are refused."""
-    from meditune.records import detect_kind, parse_record
+    from meditune.records import detect_kind_at, parse_record
 
     out, seen = [], {}
     for line, obj in rows:
@@ -66,13 +66,7 @@ def requests_from_objects(rows: list[tuple[int, Any]], source: object,
             if hasattr(obj, "model_dump"):
                 rec = obj
             else:
-                if not isinstance(obj, dict):
-                    raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=source, line=line)
-                try:
-                    kind = detect_kind(obj)
-                except InputError as e:
-                    raise InputError(e.reason, file=source, line=line) from None
-                rec = parse_record(kind, obj, file=source, line=line)
+                rec = parse_record(detect_kind_at(obj, file=source, line=line), obj, file=source, line=line)
             try:
                 msgs = record_messages(rec)
             except InputError as e:
