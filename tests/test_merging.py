@@ -237,21 +237,29 @@ def _job_over(base: torch.Tensor, other: torch.Tensor, chunk_rows: int) -> Tenso
     return TensorJob("t", tuple(base.shape), chunks, lambda i, a, b: (base, other)[i][a:b].clone(), 2, 0)
 
 
-@pytest.mark.parametrize("chunk_rows", [7, 1000])
-def test_magnitude_trim_keeps_exactly_k_with_ties_by_position(chunk_rows):
-    g = torch.Generator().manual_seed(0)
-    base = torch.zeros(1000, 300)
+def _trim_mask(topk, mags: torch.Tensor, chunks: list[tuple[int, int]]) -> torch.Tensor:
+    row = math.prod(mags.shape[1:])
+    return torch.cat([topk.mask(mags[r0:r1], r0 * row) for r0, r1 in chunks])
+
+
+def _tied_magnitudes(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
     other = torch.randn(1000, 300, generator=g).abs()
     other[:, :100] = 0.5  # 100k entries tie at one value
+    return other
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 1000])
+def test_magnitude_trim_keeps_exactly_k_with_ties_by_position(chunk_rows):
+    base, other = torch.zeros(1000, 300), _tied_magnitudes()
     for density, expect_ties in ((0.05, False), (0.6, True), (0.9, False)):
         k = int(density * other.numel())
-        topk = _magnitude_stats(_job_over(base, other, chunk_rows), 1, density, rescale=True)
+        job = _job_over(base, other, chunk_rows)
+        topk = _magnitude_stats(job, 1, density, rescale=True)
         assert topk.threshold == torch.sort(other.reshape(-1), descending=True).values[k - 1].item()
-        state, masks = [topk.ties], []
-        for r0, r1 in _job_over(base, other, chunk_rows).chunks:
-            masks.append(topk.mask(other[r0:r1], state))
-        keep = torch.cat(masks)
-        assert int(keep.sum()) == k and (int((other == topk.threshold).sum()) > 1) == expect_ties
+        assert topk.tied == int((other == topk.threshold).sum())
+        keep = _trim_mask(topk, other, job.chunks)
+        assert int(keep.sum()) == k and (topk.tied > 1) == expect_ties
         if expect_ties:  # the tied entries kept are the first ones in row-major order
             tied = (other == topk.threshold).reshape(-1).nonzero().squeeze(1)
             assert keep.reshape(-1)[tied[: topk.ties]].all() and not keep.reshape(-1)[tied[topk.ties:]].any()
@@ -260,6 +268,79 @@ def test_magnitude_trim_keeps_exactly_k_with_ties_by_position(chunk_rows):
     # an unchanged tensor (all-zero task vector): every entry ties at 0, exactly k are kept
     topk = _magnitude_stats(_job_over(base, base, chunk_rows), 1, 0.3, rescale=False)
     assert topk.threshold == 0.0 and topk.ties == int(0.3 * base.numel())
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 1000])
+def test_magnitude_trim_mergekit_tie_break_is_argsorts_top_k(chunk_rows):
+    """tie_break: mergekit keeps exactly the entries of mergekit's `torch.argsort(w, descending=True)[:k]`."""
+    base, other = torch.zeros(1000, 300), _tied_magnitudes()
+    other[::3] *= -1  # magnitudes, not values, are ranked
+    for density in (0.05, 0.6, 0.9):
+        k = int(density * other.numel())
+        reference = torch.zeros(other.numel(), dtype=torch.bool)
+        reference[torch.argsort(other.abs().reshape(-1), descending=True)[:k]] = True
+        job = _job_over(base, other, chunk_rows)
+        topk = _magnitude_stats(job, 1, density, rescale=True, tie_break="mergekit")
+        assert (topk.tied_kept is not None) == (density == 0.6)  # sorted only when the k-th value is tied
+        keep = _trim_mask(topk, other.abs(), job.chunks)
+        assert torch.equal(keep.reshape(-1), reference)
+        position = _trim_mask(_magnitude_stats(job, 1, density, rescale=True), other.abs(), job.chunks)
+        assert torch.equal(position, keep) == (density != 0.6)  # the two tie-breaks differ only at ties
+    sparsify = pytest.importorskip("mergekit.sparsify")
+    topk = _magnitude_stats(_job_over(base, other, chunk_rows), 1, 0.6, rescale=False, tie_break="mergekit")
+    theirs = sparsify.magnitude(other.clone(), 0.6) != 0
+    assert torch.equal(_trim_mask(topk, other.abs(), _job_over(base, other, chunk_rows).chunks), theirs)
+    with pytest.raises(ConfigError, match="tie_break must be one of"):
+        _magnitude_stats(_job_over(base, other, chunk_rows), 1, 0.6, rescale=False, tie_break="first")
+
+
+def test_torch_argsort_tie_order_is_deterministic_across_threads():
+    """The mergekit tie-break relies on torch's unstable CPU sort choosing the same ties for the same input."""
+    w = (torch.randint(0, 50, (300_000,), generator=torch.Generator().manual_seed(1)) * 0.01).float()
+    threads = torch.get_num_threads()
+    try:
+        picks = []
+        for n in (1, 2, 4, 1):
+            torch.set_num_threads(n)
+            picks.append(torch.argsort(w, descending=True)[:150_000].sort().values)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(p, picks[0]) for p in picks)
+    stable = torch.argsort(w, descending=True, stable=True)[:150_000].sort().values
+    assert not torch.equal(stable, picks[0])  # unstable indeed: a position tie-break would not reproduce it
+
+
+@pytest.fixture(scope="module")
+def tied_trio(small_model_dir, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Variants whose task vectors take few distinct values, so magnitude trims tie at their threshold."""
+    root = tmp_path_factory.mktemp("tied-trio")
+    sd = load_file(small_model_dir / "model.safetensors")
+    out = [small_model_dir]
+    for label, seed in (("b", 1), ("c", 2)):
+        g = torch.Generator().manual_seed(seed)
+        d = shutil.copytree(small_model_dir, root / label)
+        save_file({k: v + 0.01 * torch.randint(-3, 4, v.shape, generator=g).float() for k, v in sd.items()},
+                  d / "model.safetensors", metadata={"format": "pt"})
+        out.append(d)
+    return tuple(out)
+
+
+def test_ties_mergekit_tie_break_matches_argsort_reference(tied_trio, tmp_path, monkeypatch):
+    a, b, c = tied_trio
+    cfg = {"merge_method": "ties", "base_model": str(a), "models": [
+        {"model": str(b), "parameters": {"weight": 1.0, "density": 0.4}},
+        {"model": str(c), "parameters": {"weight": 0.6, "density": 0.7}}]}
+    A, B, C = load_dir(a), load_dir(b), load_dir(c)
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", 5000)  # several chunks per tensor
+    exact, _ = merge(tmp_path, {**cfg, "parameters": {"tie_break": "mergekit"}}, "exact")
+    default, _ = merge(tmp_path, cfg, "default")
+    E, D = load_dir(exact), load_dir(default)
+    n_differ = 0
+    for k in A:
+        ref = reference_ties(A[k], [B[k], C[k]], [1.0, 0.6], [0.4, 0.7])
+        torch.testing.assert_close(E[k], ref, rtol=0, atol=1e-6)
+        n_differ += int(((D[k] - ref).abs() > 1e-6).sum())
+    assert n_differ > 0  # the position tie-break keeps other tied entries than argsort does
 
 
 def test_sharded_output_loads_with_transformers(trio, tmp_path):
@@ -381,6 +462,9 @@ def test_config_errors(trio, tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter 'densty'"):
         merge(tmp_path, {"merge_method": "ties", "base_model": str(a),
                          "models": [{"model": str(b), "parameters": {"densty": 0.5}}]})
+    with pytest.raises(ConfigError, match="tie_break must be one of"):
+        merge(tmp_path, {"merge_method": "ties", "base_model": str(a), "parameters": {"tie_break": "first"},
+                         "models": [{"model": str(b), "parameters": {"density": 0.5}}]})
     with pytest.raises(ConfigError, match="'t' is required"):
         merge(tmp_path, {"merge_method": "slerp", "base_model": str(a), "models": [str(b)]})
     with pytest.raises(ConfigError, match="exactly 2"):

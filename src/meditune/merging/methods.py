@@ -163,41 +163,66 @@ def _delta(job: TensorJob, i: int, r0: int, r1: int) -> torch.Tensor:
     return job.read(i, r0, r1) - job.read(job.base, r0, r1)
 
 
+TIE_BREAKS = ("position", "mergekit")
+
+
 @dataclass
 class TopK:
-    """Which entries a magnitude trim keeps: |d| > threshold, plus the first `ties` entries equal to it.
+    """Which entries a magnitude trim keeps: |d| > threshold, plus `ties` of the `tied` entries equal to it.
 
-    mergekit keeps exactly k entries (an argsort's top k); where several entries tie at the threshold, its
-    unstable sort picks an arbitrary subset. We keep exactly k too, breaking ties by position (first in
-    row-major order), which is deterministic and needs no index buffer.
+    Exactly k entries are kept, as in mergekit (an argsort's top k). Which tied entries are kept depends on
+    the tie-break: "position" keeps the first ones in row-major order (streamed, no buffer); "mergekit" keeps
+    the ones torch.argsort(descending=True)[:k] keeps, listed in `tied_kept` (sorted flat positions).
     """
 
     threshold: float
     ties: int
+    tied: int = 0
     scale: float = 1.0
+    tied_kept: torch.Tensor | None = None
+    _left: int = field(default=-1, repr=False)  # position tie-break: tied entries still to keep
 
-    def mask(self, mags: torch.Tensor, state: list[int]) -> torch.Tensor:
-        """Keep-mask of the next chunk; state[0] counts the tied entries still to keep."""
+    def mask(self, mags: torch.Tensor, start: int) -> torch.Tensor:
+        """Keep-mask of the next chunk of magnitudes, whose first element has flat index `start`.
+
+        Chunks must come in order (the position tie-break counts the tied entries seen so far).
+        """
         keep = mags > self.threshold
-        eq = mags == self.threshold
-        if state[0] > 0 and bool(eq.any()):
-            order = eq.reshape(-1).cumsum(0).reshape(eq.shape)
-            keep |= eq & (order <= state[0])
-            state[0] -= min(state[0], int(eq.sum()))
+        if self.tied_kept is not None:
+            lo, hi = torch.searchsorted(self.tied_kept, torch.tensor([start, start + mags.numel()])).tolist()
+            keep.reshape(-1)[self.tied_kept[lo:hi] - start] = True
+            return keep
+        if self._left < 0:
+            self._left = self.ties
+        if self._left > 0:
+            eq = mags == self.threshold
+            if bool(eq.any()):
+                order = eq.reshape(-1).cumsum(0).reshape(eq.shape)
+                keep |= eq & (order <= self._left)
+                self._left -= min(self._left, int(eq.sum()))
         return keep
 
 
-def _magnitude_stats(job: TensorJob, i: int, density: float, rescale: bool) -> TopK:
+def _magnitudes(job: TensorJob, i: int, r0: int, r1: int, tie_break: str) -> torch.Tensor:
+    """|delta| of some rows; as float32 for the mergekit tie-break (mergekit sorts float32 on CPU)."""
+    m = _delta(job, i, r0, r1).abs()
+    return m.float() if tie_break == "mergekit" else m
+
+
+def _magnitude_stats(job: TensorJob, i: int, density: float, rescale: bool, tie_break: str = "position") -> TopK:
     """The k = density * numel largest-|delta| entries of one model's task vector, found in streaming passes.
 
     Pass 1 takes a strided sample to bracket the k-th largest value; pass 2 counts above the bracket and
     keeps only the values inside it, so memory is the chunks in flight plus a few percent of the tensor
-    (the bracket widens and pass 2 repeats in the rare case it missed).
+    (the bracket widens and pass 2 repeats in the rare case it missed). Only when the k-th value is tied
+    (some but not all of the tied entries are kept) does the mergekit tie-break sort the whole tensor.
     """
+    if tie_break not in TIE_BREAKS:
+        raise ConfigError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
     numel = math.prod(job.shape)
     k = max(1, int(density * numel))
     step = max(1, numel // (1 << 16))
-    sample = torch.cat([_delta(job, i, r0, r1).abs().reshape(-1)[::step] for r0, r1 in job.chunks])
+    sample = torch.cat([_magnitudes(job, i, r0, r1, tie_break).reshape(-1)[::step] for r0, r1 in job.chunks])
     frac, margin = 1 - k / numel, 0.02
     while True:
         lo_rank, hi_rank = int((frac - margin) * sample.numel()), int((frac + margin) * sample.numel()) + 1
@@ -207,7 +232,7 @@ def _magnitude_stats(job: TensorJob, i: int, density: float, rescale: bool) -> T
         sum_above = total = 0.0
         inside = []  # only values strictly inside the bracket: ties at its ends are counted, not stored
         for r0, r1 in job.chunks:
-            m = _delta(job, i, r0, r1).abs().reshape(-1)
+            m = _magnitudes(job, i, r0, r1, tie_break).reshape(-1)
             gt = m > hi
             above += int(gt.sum())
             sum_above += float(m[gt].sum(dtype=torch.float64))
@@ -222,22 +247,49 @@ def _magnitude_stats(job: TensorJob, i: int, density: float, rescale: bool) -> T
     r = k - above  # rank (from the top) of the k-th largest among the values in [lo, hi]
     sum_hi = n_hi * hi if n_hi else 0.0
     if r <= n_hi:
-        thr, greater, sum_greater = hi, above, sum_above
+        thr, greater, sum_greater, tied = hi, above, sum_above, n_hi
     elif r <= n_hi + mid.numel():
         thr = float(torch.kthvalue(mid, mid.numel() - (r - n_hi) + 1).values)
         sel = mid > thr
         greater = above + n_hi + int(sel.sum())
         sum_greater = sum_above + sum_hi + float(mid[sel].sum(dtype=torch.float64))
+        tied = int((mid == thr).sum())
     else:
         thr = lo
         greater = above + n_hi + mid.numel()
         sum_greater = sum_above + sum_hi + float(mid.sum(dtype=torch.float64))
-    topk = TopK(thr, k - greater)
+        tied = at_least_lo - greater  # the entries equal to lo
+    topk = TopK(thr, k - greater, tied)
     if rescale:  # L1 norm matching, as mergekit's rescaled_masked_tensor
         after = sum_greater + topk.ties * thr
         if total >= 1e-7 and after >= 1e-7:
             topk.scale = total / after
+    # Tied zeros need no choice: a zero delta adds nothing and has no sign to elect.
+    if tie_break == "mergekit" and thr > 0 and 0 < topk.ties < topk.tied:
+        del sample, inside, mid  # free the bracket's values before the whole-tensor sort
+        topk.tied_kept = _argsort_tied_kept(job, i, k, thr)
     return topk
+
+
+def _argsort_tied_kept(job: TensorJob, i: int, k: int, thr: float) -> torch.Tensor:
+    """Flat positions of the entries equal to `thr` among mergekit's `torch.argsort(|d|, descending=True)[:k]`.
+
+    torch's CPU sort is not stable, but it is deterministic for the same input (checked: independent of the
+    thread count and of the buffer's alignment), so running it on the same float32 magnitudes reproduces
+    mergekit's choice. Costs 20 bytes per element of this tensor (measured: float32 magnitudes sorted in
+    place, int64 indices, and 8 bytes per element that torch's sort allocates internally).
+    """
+    w = torch.empty(math.prod(job.shape), dtype=torch.float32)
+    pos = 0
+    for r0, r1 in job.chunks:
+        m = _magnitudes(job, i, r0, r1, "mergekit").reshape(-1)
+        w[pos:pos + m.numel()] = m
+        pos += m.numel()
+    idx = torch.empty(w.numel(), dtype=torch.long)
+    torch.sort(w, descending=True, out=(w, idx))  # the kernel torch.argsort runs: same order, no extra copy
+    kept = idx[:k][w[:k] == thr]
+    del w, idx
+    return kept.sort().values
 
 
 def _random_mask(gen: torch.Generator, shape: torch.Size, density: float) -> torch.Tensor:
@@ -278,12 +330,12 @@ def _gta(consensus: str | None, sparsify: str | None):
             elif d <= 0:
                 prep.append(("zero", None, 0.0))
             elif sparsify == "magnitude":
-                topk = _magnitude_stats(job, i, d, p["rescale"])
+                topk = _magnitude_stats(job, i, d, p["rescale"], p["tie_break"])
                 prep.append(("magnitude", topk, topk.scale))
             else:
                 prep.append(("random", None, _random_scale(job, i, d, p["rescale"], p["rescale_by"])))
         gens = {k: job.generator(i) for k, i in enumerate(others) if prep[k][0] == "random"}
-        quota = {k: [prep[k][1].ties] for k in range(len(others)) if prep[k][0] == "magnitude"}
+        row = math.prod(job.shape[1:]) if job.shape else 1
         for r0, r1 in job.chunks:
             base = job.read(job.base, r0, r1)
             deltas = torch.empty((len(others), *base.shape), dtype=base.dtype)
@@ -293,7 +345,8 @@ def _gta(consensus: str | None, sparsify: str | None):
                 if mode == "zero":
                     d.zero_()
                 elif mode == "magnitude":
-                    d = d * topk.mask(d.abs(), quota[k])
+                    mags = d.abs().float() if p["tie_break"] == "mergekit" else d.abs()
+                    d = d * topk.mask(mags, r0 * row)
                 elif mode == "random":
                     d = d * _random_mask(gens[k], d.shape, dens[k])
                 if scale != 1.0:
@@ -318,7 +371,7 @@ register(Method("task_arithmetic", _gta(None, None), needs_base=True,
                 per_model={"weight": 1.0, "density": 1.0},
                 description="base + sum of weighted task vectors (Ilharco et al. 2023)"))
 register(Method("ties", _gta("sum", "magnitude"), needs_base=True,
-                shared={**_GTA_SHARED, "normalize": True, "rescale": False},
+                shared={**_GTA_SHARED, "normalize": True, "rescale": False, "tie_break": "position"},
                 per_model={"weight": 1.0, "density": 1.0},
                 description="trim by magnitude, elect sign, disjoint merge (Yadav et al. 2023)"))
 register(Method("dare_linear", _gta(None, "random"), needs_base=True,
