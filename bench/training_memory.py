@@ -146,15 +146,20 @@ def child(variant: str, steps: int, batch: int, length: int) -> dict:
             "s_per_step": statistics.median(steady), "s_per_step_mean": statistics.fmean(steady),
             "setup_s": setup_s, "train_s": train_s, "rss_after_load_mib": rss0,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "activation_checkpointing": bool(trainer.args.activation_checkpointing), "bf16": bool(trainer.args.bf16),
+            "activation_checkpointing": bool(trainer.args.activation_checkpointing),
+            "checkpoint_every": (trainer.args.activation_checkpointing_kwargs or {}).get("every_n_layers", 1),
+            "share_prompt": bool(getattr(getattr(trainer.model, "get_base_model", lambda: trainer.model)().forward,
+                                         "meditune_shared_prompt", False)),
+            "bf16": bool(trainer.args.bf16),
             "precompute_ref": bool(getattr(trainer.args, "precompute_ref_log_probs", False))}
 
 
 def _report(results: dict, v: str, line: str) -> None:
     results[v] = r = json.loads(line[len("RESULT "):])
     print(f"{v:14s} peak {r['peak_rss_mib']:7.0f} MiB (after load {r['rss_after_load_mib']:6.0f})  "
-          f"{r['s_per_step']:6.2f} s/step  setup {r['setup_s']:5.1f} s  ckpt={r['activation_checkpointing']} "
-          f"bf16={r['bf16']} precompute={r['precompute_ref']}", flush=True)
+          f"{r['s_per_step']:6.2f} s/step  setup {r['setup_s']:5.1f} s  ckpt={r['activation_checkpointing']}"
+          f"/{r['checkpoint_every']} share_prompt={r['share_prompt']} bf16={r['bf16']} precompute={r['precompute_ref']}",
+          flush=True)
 
 
 def main() -> None:

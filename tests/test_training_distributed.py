@@ -45,3 +45,38 @@ def test_dpo_two_processes_accelerate(tmp_path, tiny_model_dir, toy):
                    tiny_model_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 2
     assert summary["metrics"]["first_loss"] == pytest.approx(0.6931, abs=0.01)  # reference log-probs line up
+
+
+RS_SCRIPT = """
+import sys
+from pathlib import Path
+
+from meditune.recipe import Recipe
+from meditune.stages import StageContext
+from meditune.training.rs import RSStageConfig, train_rs
+
+model, prompts, out = sys.argv[1:4]
+cfg = RSStageConfig(name="rs", type="rs", data=prompts, k=2, top_k=1, rounds=2, max_new_tokens=4, max_steps=1,
+                    batch_size=2, max_length=64, device="cpu", learning_rate=1e-2)
+train_rs(cfg, StageContext(Path(out), Path(out) / "rs", Recipe(name="t", model=model)),
+         score_fn=lambda items, responses: [float(len(r)) for r in responses])
+"""
+
+
+def test_rs_rollouts_split_across_two_processes(tmp_path, tiny_model_dir, toy):
+    # each rank samples half of the prompts; the gathered rows are complete, in order, and none is sampled twice
+    script = tmp_path / "rs_2proc.py"
+    script.write_text(RS_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script),
+                           str(tiny_model_dir), str(toy[0]), str(tmp_path)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = [json.loads(x)["id"] for x in toy[0].read_text().splitlines()]
+    for rnd in (1, 2):
+        rdir = tmp_path / "rs" / f"round_{rnd}"
+        rows = [json.loads(x) for x in (rdir / "rollouts.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in rows] == ids  # every prompt once, in the input order
+        assert [r["rank"] for r in rows] == [i % 2 for i in range(len(ids))]  # half each, no duplicated work
+        assert all(len(r["responses"]) == 2 and len(r["scores"]) == 2 for r in rows)
+        assert json.loads((rdir / "train_summary.json").read_text())["world_size"] == 2

@@ -42,6 +42,8 @@ class TrainOptions(StageConfig):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     activation_checkpointing: bool = False  # trades ~20-30 % speed for activation memory
+    checkpoint_every: int = Field(1, ge=1, description="with activation_checkpointing: recompute only every n-th "
+                                  "decoder layer (1 = all); the others keep their activations")
     seed: int | None = None  # None: the recipe seed
     device: str | None = None
     dtype: str | None = None
@@ -152,6 +154,10 @@ def trainer_kwargs(cfg: TrainOptions, s: Settings, out_dir: Path, *, default_lr:
 
     dev = pick_device(s.device)
     dtype = pick_dtype(s.dtype, dev)
+    if dev == "cpu":
+        from meditune.training.lm_head import tune_for_cpu
+
+        tune_for_cpu()  # every TRL trainer is configured here: bounded LM-head tiles before any of them runs
     report = [r for r in cfg.report_to if r not in ("tensorboard", "none")]  # our callback writes TensorBoard
     return dict(
         output_dir=str(out_dir / "checkpoints"),
@@ -166,6 +172,7 @@ def trainer_kwargs(cfg: TrainOptions, s: Settings, out_dir: Path, *, default_lr:
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         activation_checkpointing=cfg.activation_checkpointing,
+        activation_checkpointing_kwargs={"every_n_layers": cfg.checkpoint_every} if cfg.checkpoint_every > 1 else None,
         seed=s.seed,
         data_seed=s.seed,
         # TRL defaults bf16=True even on CPU; we train in the weights' dtype (fp32 on CPU, bf16 on CUDA).

@@ -9,23 +9,14 @@ from typing import Any
 from pydantic import Field
 
 from meditune.errors import ConfigError
-from meditune.io import write_json, write_jsonl
+from meditune.io import write_json
 from meditune.records import Message, Preference
 from meditune.stages import StageContext
 from meditune.training.common import settings
-from meditune.training.data import load_records
 from meditune.training.dpo import DPOStageConfig, train_dpo
 from meditune.training.outputs import is_main_process
-from meditune.training.rollouts import (
-    PROMPT_KINDS,
-    RolloutOptions,
-    ScoreFn,
-    make_score_fn,
-    prompt_item,
-    rollouts,
-    score_summary,
-)
-from meditune.training.runner import finished_outputs
+from meditune.training.rollouts import RolloutOptions, ScoreFn
+from meditune.training.rounds import RoundPlan, run_rounds, train_from
 
 log = logging.getLogger(__name__)
 
@@ -56,42 +47,15 @@ def best_vs_worst(rows: list[dict[str, Any]], min_margin: float, round_no: int) 
     return pairs
 
 
-def _next_policy(outs: dict[str, str]) -> str:
-    return outs.get("merged", outs["model"])
-
-
 def train_idpo(cfg: IDPOStageConfig, ctx: StageContext, *, score_fn: ScoreFn | None = None,
                backend: Any = None) -> dict[str, str]:
     """Run the rounds of iterative DPO; returns the last round's model, all pairs and per-round results."""
-    s = settings(cfg, ctx.recipe)
-    datas = cfg.data if isinstance(cfg.data, list) else [cfg.data]
-    items = [prompt_item(r) for d in datas for r in load_records(d, PROMPT_KINDS)]
-    score_fn = score_fn or make_score_fn(cfg, s.system_prompt, s.device)
-    policy, results, pairs_all, outs = s.model, [], [], {}
-    for rnd in range(1, cfg.rounds + 1):
-        rdir = ctx.stage_dir / f"round_{rnd}"
-        rows = rollouts(rdir, policy, items, cfg.n, cfg, score_fn, seed=s.seed + rnd, system_prompt=s.system_prompt,
-                        device=s.device, dtype=s.dtype, backend=backend)
-        pairs = best_vs_worst(rows, cfg.min_margin, rnd)
-        summary = {"round": rnd, "prompts": len(items), "samples": score_summary(rows), "pairs": len(pairs)}
-        results.append(summary)
-        if not pairs:
-            raise ConfigError(f"idpo round {rnd}: no prompt had samples with different scores; raise n or "
-                              "temperature, or lower min_margin")
-        if is_main_process():
-            write_jsonl(rdir / "pairs.jsonl", pairs)
-        pairs_all += pairs
-        last = rnd == cfg.rounds
-        round_cfg = cfg.model_copy(update={"model": policy, "eval_fraction": 0.0,
-                                           "save_merged": cfg.save_merged or (cfg.method == "lora" and not last)})
-        outs = finished_outputs(rdir) or train_dpo(round_cfg, StageContext(ctx.run_dir, rdir, ctx.recipe, ctx.outputs), records=pairs)
-        policy = _next_policy(outs)
-        log.info("idpo round %d: %s", rnd, summary)
-    if is_main_process():
-        write_jsonl(ctx.stage_dir / "pairs.jsonl", pairs_all)
-        write_json(ctx.stage_dir / "results.json", {"stage": "idpo", "rounds": results})
-    return {"model": outs["model"], **{k: v for k, v in outs.items() if k != "model"},
-            "dataset": str(ctx.stage_dir / "pairs.jsonl"), "results": str(ctx.stage_dir / "results.json")}
+    plan = RoundPlan(stage="idpo", samples=cfg.n, select=lambda rows, rnd: best_vs_worst(rows, cfg.min_margin, rnd),
+                     describe=lambda pairs: {"pairs": len(pairs)},
+                     nothing_selected="idpo round {round}: no prompt had samples with different scores; raise n or "
+                                      "temperature, or lower min_margin",
+                     records_file="pairs.jsonl", train=train_dpo, round_update={"eval_fraction": 0.0})
+    return run_rounds(cfg, ctx, plan, score_fn=score_fn, backend=backend)
 
 
 def train_multistage_dpo(cfg: DPOStageConfig, ctx: StageContext) -> dict[str, str]:
@@ -101,14 +65,9 @@ def train_multistage_dpo(cfg: DPOStageConfig, ctx: StageContext) -> dict[str, st
     s = settings(cfg, ctx.recipe)
     policy, parts, outs = s.model, [], {}
     for i, data in enumerate(cfg.data, start=1):
-        last = i == len(cfg.data)
-        part_cfg = cfg.model_copy(update={"model": policy, "data": data,
-                                          "save_merged": cfg.save_merged or (cfg.method == "lora" and not last)})
-        pdir = ctx.stage_dir / f"part_{i}"
-        outs = finished_outputs(pdir) or train_dpo(part_cfg, StageContext(ctx.run_dir, pdir, ctx.recipe,
-                                                                           ctx.outputs))
+        outs, policy = train_from(train_dpo, cfg, ctx, ctx.stage_dir / f"part_{i}", policy,
+                                  last=i == len(cfg.data), update={"data": data})
         parts.append({"part": i, "data": data, "model": outs["model"], "summary": outs["summary"]})
-        policy = _next_policy(outs)
     if is_main_process():
         write_json(ctx.stage_dir / "results.json", {"stage": "dpo", "multi_stage": parts})
     return {"model": outs["model"], **{k: v for k, v in outs.items() if k != "model"},

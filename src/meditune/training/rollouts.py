@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from meditune.errors import ConfigError
 from meditune.io import iter_jsonl, write_jsonl
 from meditune.records import LETTERS, Chat, LongFormItem, MCQItem, Preference, Record, SafetyItem
+from meditune.training.outputs import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -128,25 +130,56 @@ def sample(policy: str, items: list[PromptItem], n: int, opts: Any, *, seed: int
     return [[g.text for g in sorted(per, key=lambda g: g.index)] for per in gens]
 
 
+def process_share(device: str) -> tuple[int, int]:
+    """(rank, world size) of this process; under torchrun / accelerate the process group is set up here when the
+    trainer has not done it yet (round 1 samples before any trainer exists), on gloo for CPU like the trainer."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    from meditune.models import pick_device
+
+    cpu = pick_device(device) == "cpu"
+    state = PartialState(cpu=cpu, **({"backend": "gloo"} if cpu else {}))
+    return state.process_index, state.num_processes
+
+
 def rollouts(round_dir: Path, policy: str, items: list[PromptItem], n: int, opts: Any, score_fn: ScoreFn, *,
              seed: int, system_prompt: str | None, device: str, dtype: str,
              backend: Any = None) -> list[dict[str, Any]]:
-    """Sampled and scored responses per prompt, read back from round_dir/rollouts.jsonl when already done."""
+    """Sampled and scored responses per prompt, read back from round_dir/rollouts.jsonl when already done.
+
+    Under several processes each rank samples and scores every world-th prompt and the rows are gathered, so no
+    prompt is sampled twice. A sample's random stream depends on (seed, sample index) only, not on which rank
+    draws it; each row records the rank that made it.
+    """
     path = round_dir / "rollouts.jsonl"
     if path.exists():
         rows = [obj for _, obj in iter_jsonl(path)]
         if [r["id"] for r in rows] == [it.id for it in items]:
             log.info("reusing %s", path)
             return rows
-    texts = sample(policy, items, n, opts, seed=seed, system_prompt=system_prompt, device=device, dtype=dtype,
-                   backend=backend)
-    flat_items = [it for it, t in zip(items, texts, strict=True) for _ in t]
-    flat_scores = score_fn(flat_items, [x for t in texts for x in t])
+    rank, world = process_share(device)
+    mine = list(range(rank, len(items), world))
+    share = [items[i] for i in mine]
+    texts = sample(policy, share, n, opts, seed=seed, system_prompt=system_prompt, device=device, dtype=dtype,
+                   backend=backend) if share else []
+    flat_items = [it for it, t in zip(share, texts, strict=True) for _ in t]
+    flat_scores = score_fn(flat_items, [x for t in texts for x in t]) if flat_items else []
     rows, k = [], 0
-    for it, t in zip(items, texts, strict=True):
-        rows.append({"id": it.id, "messages": it.messages, "responses": t, "scores": flat_scores[k:k + len(t)]})
+    for i, it, t in zip(mine, share, texts, strict=True):
+        rows.append((i, {"id": it.id, "messages": it.messages, "responses": t, "scores": flat_scores[k:k + len(t)],
+                         "rank": rank}))
         k += len(t)
-    write_jsonl(path, rows)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+        log.info("rank %d sampled %d of %d prompts", rank, len(mine), len(items))
+    rows = [row for _, row in sorted(rows, key=lambda x: x[0])]
+    if is_main_process():
+        write_jsonl(path, rows)
     return rows
 
 
