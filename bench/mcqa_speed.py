@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="MedQA-US dev items")
     ap.add_argument("--warmup", type=int, default=12, help="items used to pick lm-eval's batch size")
-    ap.add_argument("--lm-batch-sizes", default="1,4,16")
+    ap.add_argument("--lm-batch-sizes", default="1,4,16", help="candidates (one value = no selection run)")
     ap.add_argument("--batch-size", type=int, default=8, help="meditune questions per batch")
+    ap.add_argument("--rounds", type=int, default=2, help="timed rounds, each meditune then lm-eval")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args(argv)
     if not ready(args.threads):
@@ -71,36 +72,45 @@ def main(argv: list[str] | None = None) -> int:
 
     from meditune.models import load_model
 
+    load_start = os.getloadavg()[0]
     model, tok = load_model("default", device="cpu", dtype="float32")
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1, device="cpu")
     rows = read_medqa(args.n)
+    sizes = [int(b) for b in args.lm_batch_sizes.split(",")]
+    mt_s, lm_s, same = [], [], True
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         task = lm_eval_task_dir(tmp, rows, [])["medqa_full"]
         data = write_mcq_jsonl(rows, tmp / "items.jsonl")
         time_meditune(model, tok, data, tmp / "warm", args.batch_size, limit=2)  # warm-up (first-call costs)
         trial = {}
-        for bs in [int(b) for b in args.lm_batch_sizes.split(",")]:
+        for bs in sizes if len(sizes) > 1 else []:
             trial[bs], _ = time_lm_eval(lm, tmp / "tasks", task, bs, limit=args.warmup)
             print(f"lm-eval warm-up ({args.warmup} items) batch {bs}: {trial[bs]:.1f}s", flush=True)
-        best = min(trial, key=trial.__getitem__)
-        m1, res1 = time_meditune(model, tok, data, tmp / "mt1", args.batch_size)
-        print(f"meditune run 1: {m1:.1f}s", flush=True)
-        lm_s, lm_out = time_lm_eval(lm, tmp / "tasks", task, best)
-        print(f"lm-eval batch {best}: {lm_s:.1f}s", flush=True)
-        m2, res2 = time_meditune(model, tok, data, tmp / "mt2", args.batch_size)
-        print(f"meditune run 2: {m2:.1f}s", flush=True)
-    mt_s = (m1 + m2) / 2
-    lm_res = lm_out["results"][task]
-    mt = res1["meditune"]["metrics"]
-    same = (abs(lm_res["acc,none"] - mt["acc"]["value"]) < 1e-12
-            and abs(lm_res["acc_norm,none"] - mt["acc_norm"]["value"]) < 1e-12)
-    print("\n| items | options | lm-eval batch | lm-eval s | meditune s (mean of 2) | ratio | acc (both) | "
-          "acc_norm (both) | identical |\n|---|---|---|---|---|---|---|---|---|")
-    print(f"| {len(rows)} | full text, 4 | {best} | {lm_s:.1f} | {mt_s:.1f} | {lm_s / mt_s:.2f}x | "
-          f"{mt['acc']['value']:.4f} | {mt['acc_norm']['value']:.4f} | {'yes' if same else 'NO'} |")
-    print(f"\nCPU float32, torch threads {torch.get_num_threads()}, meditune batch {args.batch_size}; "
-          f"meditune runs {m1:.1f}s / {m2:.1f}s")
+        best = min(trial, key=trial.__getitem__) if trial else sizes[0]
+        if not trial:
+            time_lm_eval(lm, tmp / "tasks", task, best, limit=2)  # warm-up (first-call costs)
+        # Interleaved rounds: the two sides of a round run back to back, so a load change hits both.
+        for r in range(args.rounds):
+            m, res = time_meditune(model, tok, data, tmp / f"mt{r}", args.batch_size)
+            t, out = time_lm_eval(lm, tmp / "tasks", task, best)
+            mt_s.append(m)
+            lm_s.append(t)
+            lm_res, mt = out["results"][task], res["meditune"]["metrics"]
+            same = same and (abs(lm_res["acc,none"] - mt["acc"]["value"]) < 1e-12
+                             and abs(lm_res["acc_norm,none"] - mt["acc_norm"]["value"]) < 1e-12)
+            print(f"round {r + 1}: meditune {m:.1f}s, lm-eval batch {best} {t:.1f}s, ratio {t / m:.2f}x "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    ratio = min(lm_s) / min(mt_s)
+    pair = sorted(t / m for t, m in zip(lm_s, mt_s, strict=True))
+    print("\n| items | options | lm-eval batch | lm-eval s (best) | meditune s (best) | ratio of bests | "
+          "per-round ratios | acc | acc_norm | identical |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {len(rows)} | full text, 4 | {best} | {min(lm_s):.1f} | {min(mt_s):.1f} | {ratio:.2f}x | "
+          f"{' / '.join(f'{x:.2f}' for x in pair)} | {mt['acc']['value']:.4f} | {mt['acc_norm']['value']:.4f} | "
+          f"{'yes' if same else 'NO'} |")
+    print(f"\nCPU float32, torch threads {torch.get_num_threads()}, meditune batch {args.batch_size}, "
+          f"{args.rounds} rounds; 1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
+          f"meditune runs {', '.join(f'{x:.1f}' for x in mt_s)} s; lm-eval runs {', '.join(f'{x:.1f}' for x in lm_s)} s")
     return 0 if same else 1
 
 

@@ -24,10 +24,11 @@ def tiny(tiny_model_dir):
     return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
+@pytest.mark.parametrize("method", ["tree", "two-pass"])
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_shared_prefix_equals_naive(tiny, batch_size):
+def test_shared_prefix_equals_naive(tiny, batch_size, method):
     model, tok = tiny
-    fast = LoglikScorer(model, tok, batch_size=batch_size).score(REQUESTS)
+    fast = LoglikScorer(model, tok, batch_size=batch_size, method=method).score(REQUESTS)
     ref = naive_score(model, tok, REQUESTS)
     for f, r in zip(fast, ref, strict=True):
         assert len(f.loglik) == len(r.loglik)

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from meditune.generation.base import Generation, GenerationRequest
-
 # Stop strings of lm-eval's kormedmcqa task, minus "." (which would cut "C. Because..." before the letter on
 # some models; extraction handles the rest) - see docs/evaluation-mcqa.md.
 DEFAULT_STOP = ("Q:", "</s>", "<|im_end|>", "\n\n")
@@ -111,39 +109,3 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_ne
             if progress:
                 progress(len(idx))
     return outs  # type: ignore[return-value]
-
-
-class LocalBackend:
-    """A `meditune.generation.base.Backend` over an already loaded model, for strategies in this process."""
-
-    name = "local-transformers"
-
-    def __init__(self, model: Any, tokenizer: Any, *, system_prompt: str | None = None, batch_size: int = 8,
-                 max_length: int | None = None):
-        self.model, self.tokenizer = model, tokenizer
-        self.system_prompt, self.batch_size, self.max_length = system_prompt, batch_size, max_length
-
-    def _prompt(self, req: GenerationRequest) -> str:
-        from meditune.chat import render_chat
-
-        if req.prompt is not None:
-            return req.prompt
-        return render_chat(self.tokenizer, req.messages, system_prompt=self.system_prompt)
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
-        """Generations for each request (n samples each; greedy when temperature is 0)."""
-        results: list[list[Generation]] = [[] for _ in requests]
-        # Group by sampling params so each group is one batched call per sample index.
-        groups: dict[Any, list[int]] = {}
-        for i, req in enumerate(requests):
-            groups.setdefault(req.params, []).append(i)
-        for params, idx in groups.items():
-            prompts = [self._prompt(requests[i]) for i in idx]
-            for k in range(params.n):
-                outs = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=params.max_new_tokens,
-                                      stop=params.stop, batch_size=self.batch_size, temperature=params.temperature,
-                                      top_p=params.top_p, seed=params.seed + 1000 * k, max_length=self.max_length)
-                for i, o in zip(idx, outs, strict=True):
-                    results[i].append(Generation(requests[i].id, k, o.text, o.prompt_tokens, o.completion_tokens,
-                                                 o.finish_reason))
-        return results

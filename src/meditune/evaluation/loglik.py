@@ -1,12 +1,15 @@
-"""Log-likelihood of answer continuations with a shared prefix: the context runs once, options reuse its KV cache.
+"""Log-likelihood of answer continuations with a shared prefix: the context is encoded once per question.
 
 Tokenisation follows lm-evaluation-harness `_encode_pair` exactly (trailing context whitespace moves to the
 continuation; context+continuation are encoded together and split at len(encode(context))), so the tokens
 scored, and therefore the numbers, are the same as lm-eval's; only the work differs:
 
   lm-eval:  for each option: forward(context + continuation[:-1]) and a log-softmax over every position
-  meditune: forward(context) once per question (batched, right-padded, LM head only at the last position),
-            then forward(continuation[:-1]) for all options at once against the context's cached keys/values.
+  meditune, "tree" (default): one forward per question of [context][option 1][option 2]... under a tree
+            attention mask, LM head only where a continuation token is predicted (meditune.evaluation.loglik_tree)
+  meditune, "two-pass" (fallback for models that ignore a custom 4D mask): forward(context) once per question
+            (batched, right-padded, LM head only at the last position), then forward(continuation[:-1]) for all
+            options at once against the context's cached keys/values.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from meditune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the model config names no context length
+Method = Literal["auto", "tree", "two-pass"]
 
 
 @dataclass
@@ -120,15 +124,31 @@ def _supports_logits_to_keep(model: Any) -> bool:
 
 
 class LoglikScorer:
-    """Scores LoglikRequests with a causal LM, sharing each context's forward pass across its options."""
+    """Scores LoglikRequests with a causal LM, sharing each context's forward pass across its options.
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int | None = None):
+    method: "tree" = one forward per question under a tree mask, "two-pass" = context pass + KV-cache expansion +
+    continuation pass, "auto" = tree when the model passes `tree_mask_works`, else two-pass.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int | None = None,
+                 method: Method = "auto"):
+        if method not in ("auto", "tree", "two-pass"):
+            raise ConfigError(f"unknown scoring method {method!r}: use auto, tree or two-pass")
         self.model = model
         self.encoder = TokenEncoder(tokenizer)
         self.batch_size = max(1, batch_size)
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.method = method
         self._keep = _supports_logits_to_keep(model)
+
+    def resolved_method(self) -> str:
+        """The path score() takes for this model: "tree" or "two-pass"."""
+        from meditune.evaluation.loglik_tree import tree_mask_works
+
+        if self.method == "auto":
+            return "tree" if self._keep and tree_mask_works(self.model, self.pad_id) else "two-pass"
+        return self.method
 
     def encode(self, requests: Sequence[LoglikRequest]) -> list[_Encoded]:
         """Tokenise and left-truncate every request so that context + longest continuation fits the window."""
@@ -151,21 +171,43 @@ class LoglikScorer:
         import torch
 
         enc = self.encode(requests)
-        order = sorted(enc, key=lambda e: (-len(e.ctx), e.index))  # longest first: padding stays small
+        if not enc:
+            return []
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                self._score_batch(batch)
-                if progress:
-                    progress(len(batch))
+            if self.resolved_method() == "tree":
+                self._score_tree(enc, progress)
+            else:
+                self._score_two_pass(enc, progress)
         return [e.scores for e in enc]  # type: ignore[misc]
+
+    def _score_tree(self, enc: list[_Encoded], progress: Callable[[int], None] | None) -> None:
+        from meditune.evaluation.loglik_tree import padding_bounded_batches, score_tree_batch, tree_row
+
+        rows = [tree_row(e.ctx or [self.encoder.prefix_token_id], e.conts) for e in enc]
+        order = sorted(range(len(enc)), key=lambda i: (-len(rows[i].ids), i))  # longest first
+        for idx in padding_bounded_batches([len(rows[i].ids) for i in order], self.batch_size):
+            batch = [order[k] for k in idx]
+            results = score_tree_batch(self.model, [rows[i] for i in batch], self.pad_id)
+            for i, (lls, greedy) in zip(batch, results, strict=True):
+                e = enc[i]
+                e.scores = OptionScores(lls, greedy, [len(c) for c in e.conts], len(e.ctx), e.truncated)
+            if progress:
+                progress(len(batch))
+
+    def _score_two_pass(self, enc: list[_Encoded], progress: Callable[[int], None] | None) -> None:
+        order = sorted(enc, key=lambda e: (-len(e.ctx), e.index))  # longest first: padding stays small
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            self._score_two_pass_batch(batch)
+            if progress:
+                progress(len(batch))
 
     def _forward(self, **kwargs: Any) -> Any:
         if not self._keep:
             kwargs.pop("logits_to_keep", None)
         return self.model(**kwargs)
 
-    def _score_batch(self, batch: list[_Encoded]) -> None:
+    def _score_two_pass_batch(self, batch: list[_Encoded]) -> None:
         import torch
         import torch.nn.functional as F
 

@@ -134,12 +134,19 @@ class StrategyContext:
         return self._loaded
 
     def backend(self) -> Any:
-        """A generation Backend (meditune.generation.base) on the evaluated model, in this process."""
-        from meditune.evaluation.generative import LocalBackend
+        """The project's generation Backend (meditune.generation, `transformers`) on the evaluated model."""
+        from meditune.generation.base import BackendConfig
+        from meditune.generation.factory import make_backend
 
         model, tok = self.model_and_tokenizer()
-        return LocalBackend(model, tok, system_prompt=self.config.system_prompt,
-                            batch_size=self.config.batch_size, max_length=self.config.max_length)
+        cfg = self.config
+        backend = make_backend(BackendConfig(model=self.model_spec, system_prompt=cfg.system_prompt,
+                                             device=cfg.device, dtype=cfg.dtype,
+                                             trust_remote_code=cfg.trust_remote_code, batch_size=cfg.batch_size),
+                               model=model, tokenizer=tok)
+        if cfg.max_length:  # prompts that do not fit come back as "error" generations (see the backend)
+            backend.context = min(backend.context, cfg.max_length)
+        return backend
 
     def sample(self, item: MCQItem, doc_id: int, pred: int | None, metrics: dict[str, float],
                **extra: Any) -> dict[str, Any]:
