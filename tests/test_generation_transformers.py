@@ -44,6 +44,22 @@ def test_greedy_batched_equals_transformers_generate(backend):
         assert gens[0].completion_tokens == len(ref[0]) - enc["input_ids"].shape[1]
 
 
+def test_rows_finishing_at_different_steps_match_their_runs_alone(backend):
+    # 8 rows ending after 1..15 tokens: finished rows idle in the batch, then the last two are compacted
+    reqs = [chat(f"r{i}", QUESTIONS[i % 4] + " " * (i // 4), max_new_tokens=1 + 2 * i) for i in range(8)]
+    reqs.append(chat("sampled", QUESTIONS[0], temperature=1.0, seed=5, max_new_tokens=14))
+    backend.batch_size = 9
+    try:
+        together = backend.generate(reqs)
+    finally:
+        backend.batch_size = 4
+    for req, gens in zip(reqs, together, strict=True):
+        alone = backend.generate([req])[0][0]
+        assert (gens[0].text, gens[0].completion_tokens, gens[0].finish_reason) == \
+            (alone.text, alone.completion_tokens, alone.finish_reason)
+    assert [g[0].completion_tokens for g in together[:8]] == [1 + 2 * i for i in range(8)]
+
+
 def test_sampling_reproducible_and_independent_of_batch(backend):
     req = chat("s", QUESTIONS[0], temperature=1.0, top_p=0.9, n=3, seed=7, max_new_tokens=10)
     alone = backend.generate([req])[0]

@@ -5,20 +5,32 @@ hardware, dtype and batch layout. The random stream of a sample depends only on 
 other requests of the batch; a different batch composition changes the padding and so can change logits in
 the last floating-point bits, which very rarely flips a token (greedy ties or a draw at a CDF boundary).
 `meditune generate` fixes the batch layout per work unit, so resumed jobs reproduce uninterrupted ones exactly.
+
+Speed (see docs/generation.md, Throughput): the KV cache is preallocated for the batch's
+final length (kv_cache.py); on float32 CPU models the Linear weights are MKL-packed for the batch's row count
+where that is bit-exact (packed_linear.py); finished rows stay in the batch, fed padding as `model.generate` does,
+until at most a quarter of the rows still run, so the row count (and its packing) holds while rows finish.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from meditune.chat import render_chat
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest, SamplingParams
+from meditune.generation.kv_cache import preallocated_cache
+from meditune.generation.packed_linear import PackedLinears
 from meditune.generation.sampling import check_request, sample_next, sample_seed, truncate_at_stop
 
 log = logging.getLogger(__name__)
+
+# Pack the weights for a batch that dropped rows only when at least this many steps may remain (a packing costs
+# about two decoding steps).
+REPACK_STEPS = 16
 
 
 @dataclass
@@ -54,6 +66,7 @@ class TransformersBackend:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.tokens_generated = 0  # running total, for progress bars
         self._keep_last = True
+        self.packed_linears = PackedLinears(model)  # enabled for float32 CPU models with MKL
 
     @property
     def label(self) -> str:
@@ -133,7 +146,6 @@ class TransformersBackend:
 
     def _run_batch(self, batch: list[_Row]) -> None:
         import torch
-        from transformers import DynamicCache
 
         dev = self.model.device
         width = max(len(r.prompt) for r in batch)
@@ -142,34 +154,42 @@ class TransformersBackend:
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in batch], device=dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         gens = [torch.Generator().manual_seed(sample_seed(r.params.seed, r.index)) for r in batch]
-        active = list(range(len(batch)))
-        cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
+        live = list(range(len(batch)))  # the batch row held by each row of the model's batch (and KV cache)
+        cache = preallocated_cache(self.model.config, width + max(r.max_new for r in batch))
+        # a single row goes to MKL's matrix-vector kernel, which copies nothing: no packing, no wrapped layers
+        packing = self.packed_linears.installed() if len(batch) > 1 else nullcontext(self.packed_linears)
+        with torch.inference_mode(), packing as packed:
+            if len(batch) > 1:
+                packed.pack(len(batch))
             logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
             last_pos = pos[:, -1]
             while True:
-                rows = [batch[i] for i in active]
-                nxt = sample_next(logits, [r.params.temperature for r in rows], [r.params.top_p for r in rows],
-                                  [gens[i] for i in active]).tolist()
-                keep = []
-                for j, (r, tok) in enumerate(zip(rows, nxt, strict=True)):
+                running = [j for j, i in enumerate(live) if batch[i].finish is None]
+                rows = [batch[live[j]] for j in running]
+                step_logits = logits if len(running) == len(live) else logits[torch.tensor(running, device=dev)]
+                nxt = sample_next(step_logits, [r.params.temperature for r in rows],
+                                  [r.params.top_p for r in rows], [gens[live[j]] for j in running]).tolist()
+                feed = [pad] * len(live)  # finished rows are fed padding and their outputs ignored
+                for j, r, tok in zip(running, rows, nxt, strict=True):
                     r.out.append(tok)
+                    feed[j] = tok
                     if tok in self.eos_ids or (r.params.stop and self._stop_hit(r)):
                         r.finish = "stop"
                     elif len(r.out) >= r.max_new:
                         r.finish = "length"
-                    else:
-                        keep.append(j)
                 self.tokens_generated += len(rows)
+                keep = [j for j, i in enumerate(live) if batch[i].finish is None]
                 if not keep:
                     break
-                if len(keep) < len(rows):  # drop finished rows from the batch and the KV cache
+                if len(keep) <= len(live) // 4:  # few rows left: drop the finished ones from batch and cache
                     sel = torch.tensor(keep, device=dev)
                     cache.batch_select_indices(sel)
                     mask, last_pos = mask[sel], last_pos[sel]
-                    active = [active[j] for j in keep]
-                    nxt = [nxt[j] for j in keep]
-                mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
-                last_pos = last_pos + 1
-                logits = self._forward(input_ids=torch.tensor(nxt, device=dev)[:, None], attention_mask=mask,
+                    live, feed = [live[j] for j in keep], [feed[j] for j in keep]
+                    if len(live) > 1 and max(batch[i].max_new - len(batch[i].out) for i in live) >= REPACK_STEPS:
+                        packed.pack(len(live))
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
+                # finished rows keep their position, so an idle row never runs past the model's context
+                last_pos = last_pos + torch.tensor([batch[i].finish is None for i in live], device=dev)
+                logits = self._forward(input_ids=torch.tensor(feed, device=dev)[:, None], attention_mask=mask,
                                        position_ids=last_pos[:, None], past_key_values=cache)
