@@ -112,3 +112,28 @@ def test_packing_is_skipped_for_large_or_non_float32_models():
     with disabled.installed():
         disabled.pack(4)
         assert disabled.rows is None and "forward" not in net.__dict__
+
+
+@needs_mkl
+def test_packing_follows_weights_updated_in_place(tiny):
+    """A weight changed after packing (an optimizer step between generate calls) must not use the old packing."""
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    ids, mask, pos = batch_inputs(tok, TEXTS)
+    packed = PackedLinears(model)
+    with packed.installed():
+        packed.pack(len(TEXTS))
+    with torch.no_grad():
+        for layer in packed.layers:
+            layer.weight.mul_(1.5)  # in place, as an optimizer does
+    ref = decode(model, DynamicCache(config=model.config), ids, mask, pos, 6)
+    with packed.installed():
+        packed.pack(len(TEXTS))
+        got = decode(model, DynamicCache(config=model.config), ids, mask, pos, 6)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert len(packed._cache) == 1  # the stale packing was dropped

@@ -36,6 +36,15 @@ def mkl_packing_available() -> bool:
         return False
 
 
+def _version(tensor: Any) -> int:
+    """The in-place version counter of a tensor; -1 for inference-mode tensors, which have none (and which
+    cannot be updated in place outside inference mode anyway)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
 class PackedLinears:
     """The float32 CPU `nn.Linear` layers of a model, packed for the row count of the current decoding step.
 
@@ -53,7 +62,7 @@ class PackedLinears:
         self.enabled = bool(self.layers) and self.layer_bytes <= max_bytes and mkl_packing_available()
         self.rows: int | None = None
         self.current: list[Any] = []  # per layer: packed weight, or None where packing is not exact
-        self._cache: dict[tuple[int, int], list[Any]] = {}  # (rows, threads) -> packing, most recent last
+        self._cache: dict[tuple[Any, ...], list[Any]] = {}  # (rows, threads, weights) -> packing, most recent last
 
     def pack(self, rows: int) -> None:
         """Use packed weights for inputs of `rows` rows from now on (packed on first use, then reused)."""
@@ -61,7 +70,12 @@ class PackedLinears:
 
         if not self.enabled:
             return
-        key = (rows, torch.get_num_threads())  # MKL may pick its kernels by thread count
+        # MKL may pick its kernels by thread count; the weights' identity and version counters make a packing
+        # stale when a weight is replaced or updated in place (e.g. an optimizer step between generate calls)
+        weights = tuple((m.weight.data_ptr(), _version(m.weight)) for m in self.layers)
+        if any(k[2] != weights for k in self._cache):
+            self._cache.clear()  # packings of older weights are never valid again
+        key = (rows, torch.get_num_threads(), weights)
         packing = self._cache.pop(key, None)
         if packing is None:
             while self._cache and (len(self._cache) + 1) * self.layer_bytes > self.max_bytes:
