@@ -17,7 +17,7 @@ from meditune.errors import ConfigError, InputError
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams, ScriptedBackend
 from meditune.generation.cache import GenerationCache, request_key
 from meditune.generation.inputs import load_requests
-from meditune.generation.job import read_requests, run_job
+from meditune.generation.job import run_job
 from meditune.io import read_jsonl, write_jsonl
 
 MODEL = {"backend": "scripted", "model": "echo"}
@@ -36,7 +36,7 @@ def test_request_lines_and_errors(tmp_path):
     path = tmp_path / "req.jsonl"
     write_jsonl(path, [{"id": "a", "messages": [{"role": "user", "content": "hi"}], "params": {"n": 2, "stop": "."}},
                        {"id": 7, "prompt": "The heart"}])
-    reqs = read_requests(path, SamplingParams(temperature=0.5))
+    reqs = load_requests(path, SamplingParams(temperature=0.5))
     assert reqs[0].params.n == 2 and reqs[0].params.stop == (".",) and reqs[0].params.temperature == 0.5
     assert reqs[1].id == "7" and reqs[1].prompt == "The heart" and reqs[1].messages == []
     bad = tmp_path / "bad.jsonl"
@@ -47,11 +47,11 @@ def test_request_lines_and_errors(tmp_path):
     for obj, field in cases:
         write_jsonl(bad, [{"id": "ok", "prompt": "fine"}, obj])
         with pytest.raises(InputError) as e:
-            read_requests(bad)
+            load_requests(bad)
         assert e.value.line == 2 and e.value.field == field and str(bad) in str(e.value)
     write_jsonl(bad, [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
     with pytest.raises(InputError, match="duplicate id 'a'"):
-        read_requests(bad)
+        load_requests(bad)
 
 
 def test_records_become_chats(tmp_path):

@@ -95,19 +95,6 @@ def request_from_dict(obj: Any, *, file: object = None, line: int | None = None,
     return GenerationRequest(str(rid), messages if prompt is None else [], params, prompt)
 
 
-def read_requests(path: str | os.PathLike, defaults: SamplingParams | None = None) -> list[GenerationRequest]:
-    """Read a JSONL file of requests ({id, messages | prompt, params?}); duplicate ids are errors."""
-    out, seen = [], {}
-    for line, obj in iter_jsonl(path):
-        req = request_from_dict(obj, file=path, line=line, defaults=defaults)
-        if req.id in seen:
-            raise InputError(f"duplicate id {req.id!r} (first on line {seen[req.id]})", file=path, line=line,
-                             field="id")
-        seen[req.id] = line
-        out.append(req)
-    return out
-
-
 def _job_identity(requests: Sequence[GenerationRequest], model: dict[str, Any], unit_size: int) -> dict[str, Any]:
     return {"model": model, "requests": hash_obj([r.to_dict() for r in requests]), "count": len(requests),
             "unit_size": unit_size}
