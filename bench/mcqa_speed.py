@@ -40,8 +40,8 @@ def time_lm_eval(lm, task_dir: Path, task: str, batch_size: int, limit: int | No
     return time.perf_counter() - t0, out
 
 
-def time_meditune(model, tok, data: Path, out_dir: Path, batch_size: int, limit: int | None = None
-                  ) -> tuple[float, dict]:
+def time_meditune(model, tok, data: Path, out_dir: Path, batch_size: int, limit: int | None = None,
+                  max_batch_tokens: int | None = None) -> tuple[float, dict]:
     """Seconds for meditune's evaluate_mcqa (model passed in)."""
     import shutil
 
@@ -50,7 +50,8 @@ def time_meditune(model, tok, data: Path, out_dir: Path, batch_size: int, limit:
 
     shutil.rmtree(out_dir, ignore_errors=True)  # no resume: time a full run
     opts = MCQAOptions(model="default", data=str(data), template="medqa", choices="full", mode="loglik",
-                       batch_size=batch_size, limit=limit, device="cpu", dtype="float32")
+                       batch_size=batch_size, max_batch_tokens=max_batch_tokens, limit=limit, device="cpu",
+                       dtype="float32")
     t0 = time.perf_counter()
     paths = evaluate_mcqa(opts, out_dir, preloaded=(model, tok))
     return time.perf_counter() - t0, read_json(paths["results"])
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=100, help="MedQA-US dev items")
     ap.add_argument("--warmup", type=int, default=12, help="items used to pick lm-eval's batch size")
     ap.add_argument("--lm-batch-sizes", default="1,4,16", help="candidates (one value = no selection run)")
-    ap.add_argument("--batch-size", type=int, default=8, help="meditune questions per batch")
+    ap.add_argument("--batch-size", type=int, default=16, help="meditune: most questions per forward")
+    ap.add_argument("--max-batch-tokens", type=int, default=None, help="meditune: most tokens per forward")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds, each meditune then lm-eval")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args(argv)
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             time_lm_eval(lm, tmp / "tasks", task, best, limit=2)  # warm-up (first-call costs)
         # Interleaved rounds: the two sides of a round run back to back, so a load change hits both.
         for r in range(args.rounds):
-            m, res = time_meditune(model, tok, data, tmp / f"mt{r}", args.batch_size)
+            m, res = time_meditune(model, tok, data, tmp / f"mt{r}", args.batch_size,
+                                   max_batch_tokens=args.max_batch_tokens)
             t, out = time_lm_eval(lm, tmp / "tasks", task, best)
             mt_s.append(m)
             lm_s.append(t)

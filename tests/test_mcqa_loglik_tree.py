@@ -1,11 +1,12 @@
-"""Tree-mask scoring (one forward per question) equals a naive full-sequence forward per option."""
+"""Tree scoring (questions packed into one sequence, attention per question under a tree mask) equals a naive
+full-sequence forward per option."""
 
 from __future__ import annotations
 
 import pytest
 
 from meditune.evaluation.loglik import LoglikRequest, LoglikScorer, naive_score
-from meditune.evaluation.loglik_tree import tree_inputs, tree_mask_works, tree_row, tree_targets
+from meditune.evaluation.loglik_tree import packed_inputs, tree_mask_works, tree_row, tree_targets
 from meditune.evaluation.prompts import PromptBuilder, get_template
 from meditune.records import MCQItem
 
@@ -45,11 +46,11 @@ def _assert_close(fast, ref, tol):
 
 @pytest.mark.parametrize("chat", [False, True])
 @pytest.mark.parametrize("choices", ["letters", "full"])
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_tree_equals_naive(tiny, choices, chat, batch_size):
+@pytest.mark.parametrize("batch_size,max_tokens", [(1, None), (3, None), (16, 60)])
+def test_tree_equals_naive(tiny, choices, chat, batch_size, max_tokens):
     model, tok = tiny
     reqs = _requests(tok, choices, chat)
-    scorer = LoglikScorer(model, tok, batch_size=batch_size, method="tree")
+    scorer = LoglikScorer(model, tok, batch_size=batch_size, method="tree", max_tokens=max_tokens)
     fast = scorer.score(reqs)
     _assert_close(fast, naive_score(model, tok, reqs), 1e-5)
     if choices == "full":
@@ -67,11 +68,14 @@ def test_auto_picks_tree_for_llama_sdpa_and_eager(tiny, tiny_model_dir):
     _assert_close(LoglikScorer(eager, tok, batch_size=4).score(reqs), naive_score(model, tok, reqs), 1e-5)
 
 
-class _IgnoresCustomMasks:
-    """A model wrapper that drops 4D attention masks, as some attention kernels do."""
+class _OwnAttention:
+    """A model wrapper whose config is not the model's: switching its attention implementation changes nothing,
+    as with models whose attention does not go through transformers' AttentionInterface."""
 
     def __init__(self, model):
-        self.inner, self.config = model, model.config
+        import copy
+
+        self.inner, self.config = model, copy.deepcopy(model.config)
 
     @property
     def device(self):
@@ -85,35 +89,74 @@ class _IgnoresCustomMasks:
         return self.forward(*args, **kwargs)
 
     def forward(self, input_ids=None, attention_mask=None, logits_to_keep=0, **kwargs):
-        if attention_mask is not None and attention_mask.ndim == 4:
-            attention_mask = None
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep,
                           **kwargs)
 
 
-def test_model_ignoring_the_mask_falls_back_to_two_pass(tiny):
+def test_model_without_attention_interface_falls_back_to_two_pass(tiny):
     model, tok = tiny
-    broken = _IgnoresCustomMasks(model)
-    assert not tree_mask_works(broken, tok.pad_token_id)
+    broken = _OwnAttention(model)
+    assert not tree_mask_works(broken)
     scorer = LoglikScorer(broken, tok, batch_size=3)
     assert scorer.resolved_method() == "two-pass"
     reqs = _requests(tok, "full", False)
     _assert_close(scorer.score(reqs), naive_score(model, tok, reqs), 1e-4)
+    assert model.config._attn_implementation == "sdpa"  # the switch is undone after every forward
+
+
+def test_sliding_window_longer_questions_go_two_pass(tiny, monkeypatch):
+    from meditune.evaluation import loglik_tree
+
+    model, tok = tiny
+    reqs = _requests(tok, "full", False)
+    calls = []
+    two_pass = LoglikScorer._score_two_pass
+    monkeypatch.setattr(LoglikScorer, "_score_two_pass", lambda self, enc, p: (calls.append(len(enc)),
+                                                                                two_pass(self, enc, p)))
+    monkeypatch.setattr(loglik_tree, "sliding_window", lambda m: 40)
+    scorer = LoglikScorer(model, tok, method="tree")
+    rows = [len(tree_row(*scorer.encoder.encode_request(r)).ids) for r in reqs]
+    _assert_close(scorer.score(reqs), naive_score(model, tok, reqs), 1e-5)
+    assert calls == [sum(n > 40 for n in rows)] and 0 < calls[0] < len(reqs)
+
+
+def test_unsupported_attention_feature_falls_back_mid_run(tiny, monkeypatch):
+    from meditune.evaluation import loglik_tree
+
+    model, tok = tiny
+    reqs = _requests(tok, "full", False)
+    real = loglik_tree.score_tree_batch
+    seen = []
+
+    def second_fails(m, rows):
+        seen.append(len(rows))
+        if len(seen) == 2:
+            raise loglik_tree.TreeAttentionUnsupported("soft-capping")
+        return real(m, rows)
+
+    monkeypatch.setattr(loglik_tree, "score_tree_batch", second_fails)
+    out = LoglikScorer(model, tok, batch_size=1, method="tree").score(reqs)
+    _assert_close(out, naive_score(model, tok, reqs), 1e-5)
+    assert len(seen) == 2
 
 
 def test_tree_mask_layout():
+    import torch
+
     rows = [tree_row([1, 2, 3], [[4, 5, 6], [7, 8]]), tree_row([9], [[10], [11, 12]])]
     assert rows[0].ids == [1, 2, 3, 4, 5, 7]
     assert rows[0].positions == [0, 1, 2, 3, 4, 3]  # every option restarts at len(context)
     assert rows[1].ids == [9, 11] and rows[1].positions == [0, 1]
-    inp = tree_inputs(rows, pad_id=0, dtype=__import__("torch").float32, device="cpu")
-    seen = inp["attention_mask"][:, 0] == 0
+    inp, segments = packed_inputs(rows, dtype=torch.float32, device="cpu")
+    assert inp["input_ids"].tolist() == [[1, 2, 3, 4, 5, 7, 9, 11]]  # packed: no padding
+    assert inp["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 0, 1]]
+    assert [(s, n) for s, n, _ in segments] == [(0, 6), (6, 2)]
+    seen = segments[0][2][0, 0] == 0
     # row 0: option 2's token (index 5) sees the context and itself, not option 1's tokens (3, 4)
-    assert seen[0, 5].tolist() == [True, True, True, False, False, True]
-    assert seen[0, 4].tolist() == [True, True, True, True, True, False]
-    assert not seen[1, :, 2:].any()  # padding is never attended to
-    assert inp["logits_to_keep"].tolist() == [[False, False, True, True, True, True],
-                                              [True, True, False, False, False, False]]
+    assert seen[5].tolist() == [True, True, True, False, False, True]
+    assert seen[4].tolist() == [True, True, True, True, True, False]
+    assert (segments[1][2][0, 0] == 0).tolist() == [[True, False], [True, True]]
+    assert inp["logits_to_keep"].tolist() == [[False, False, True, True, True, True, True, True]]
     flat, target, option = tree_targets(rows)
     assert target == [4, 5, 6, 7, 8, 10, 11, 12]
     assert option == [0, 0, 0, 1, 1, 2, 3, 3]
@@ -133,12 +176,11 @@ def test_truncated_long_context_matches_naive_on_tree(tiny):
     _assert_close([short], [ref[1]], 1e-5)
 
 
-def test_padding_bounded_batches():
-    from meditune.evaluation.loglik_tree import padding_bounded_batches
+def test_token_budget_batches():
+    from meditune.evaluation.loglik_tree import token_budget_batches
 
     lengths = [100, 98, 95, 60, 59, 58, 57, 10]
-    batches = padding_bounded_batches(lengths, max_rows=3, max_padding=0.1)
-    assert batches == [[0, 1, 2], [3, 4, 5], [6], [7]]  # row cap, then a length drop starts a new batch
-    assert sum(batches, []) == list(range(len(lengths)))
-    assert padding_bounded_batches(lengths, max_rows=1) == [[i] for i in range(len(lengths))]
-    assert padding_bounded_batches(lengths, max_rows=8, max_padding=1.0) == [list(range(8))]
+    assert token_budget_batches(lengths, max_rows=3, max_tokens=10_000) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert token_budget_batches(lengths, max_rows=8, max_tokens=200) == [[0, 1], [2, 3], [4, 5, 6, 7]]
+    assert token_budget_batches([300, 10], max_rows=8, max_tokens=250) == [[0], [1]]  # an over-long row runs alone
+    assert token_budget_batches(lengths, max_rows=1, max_tokens=10_000) == [[i] for i in range(len(lengths))]

@@ -43,7 +43,9 @@ def mcqa(
     strategy: str = typer.Option("direct", help="direct, or a strategy of meditune.evaluation.strategies."),
     strategy_option: list[str] = typer.Option([], "--strategy-option", help="key=value for the strategy."),
     limit: int = typer.Option(None, help="Evaluate only the first N items."),
-    batch_size: int = typer.Option(8, help="Questions per forward pass."),
+    batch_size: int = typer.Option(16, help="Most questions per forward pass / prompts per generate call."),
+    max_batch_tokens: int = typer.Option(None, help="Loglik: most tokens per forward (default: 2048 on CPU, "
+                                                     "32768 on GPU)."),
     max_length: int = typer.Option(None, help="Context window (default: the model's)."),
     max_new_tokens: int = typer.Option(32, help="Generative mode: tokens to generate."),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
@@ -62,7 +64,8 @@ def mcqa(
                            fewshot_data=fewshot_data, chat_template=chat, system_prompt=system_prompt, mode=mode,
                            choices=choices, per_token=per_token, strategy=strategy,
                            strategy_options=_parse_strategy_options(strategy_option), limit=limit,
-                           batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,
+                           max_new_tokens=max_new_tokens,
                            device=device, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
     except ValidationError as e:
         first = e.errors()[0]

@@ -5,9 +5,11 @@ continuation; context+continuation are encoded together and split at len(encode(
 scored, and therefore the numbers, are the same as lm-eval's; only the work differs:
 
   lm-eval:  for each option: forward(context + continuation[:-1]) and a log-softmax over every position
-  meditune, "tree" (default): one forward per question of [context][option 1][option 2]... under a tree
-            attention mask, LM head only where a continuation token is predicted (meditune.evaluation.loglik_tree)
-  meditune, "two-pass" (fallback for models that ignore a custom 4D mask): forward(context) once per question
+  meditune, "tree" (default): one row per question, [context][option 1][option 2]... under a tree attention
+            mask, the rows of a batch packed into one sequence without padding, LM head only where a continuation
+            token is predicted (meditune.evaluation.loglik_tree)
+  meditune, "two-pass" (fallback for models whose attention does not go through transformers'
+            AttentionInterface, or with a window shorter than a question): forward(context) once per question
             (batched, right-padded, LM head only at the last position), then forward(continuation[:-1]) for all
             options at once against the context's cached keys/values.
 """
@@ -126,12 +128,13 @@ def _supports_logits_to_keep(model: Any) -> bool:
 class LoglikScorer:
     """Scores LoglikRequests with a causal LM, sharing each context's forward pass across its options.
 
-    method: "tree" = one forward per question under a tree mask, "two-pass" = context pass + KV-cache expansion +
-    continuation pass, "auto" = tree when the model passes `tree_mask_works`, else two-pass.
+    method: "tree" = one packed forward per batch of questions under tree masks, "two-pass" = context pass +
+    KV-cache expansion + continuation pass, "auto" = tree when the model passes `tree_mask_works`, else two-pass.
+    A tree batch holds at most `batch_size` questions and `max_tokens` tokens (default: by device).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int | None = None,
-                 method: Method = "auto"):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 16, max_length: int | None = None,
+                 method: Method = "auto", max_tokens: int | None = None):
         if method not in ("auto", "tree", "two-pass"):
             raise ConfigError(f"unknown scoring method {method!r}: use auto, tree or two-pass")
         self.model = model
@@ -140,6 +143,7 @@ class LoglikScorer:
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.method = method
+        self.max_tokens = max_tokens
         self._keep = _supports_logits_to_keep(model)
 
     def resolved_method(self) -> str:
@@ -147,7 +151,7 @@ class LoglikScorer:
         from meditune.evaluation.loglik_tree import tree_mask_works
 
         if self.method == "auto":
-            return "tree" if self._keep and tree_mask_works(self.model, self.pad_id) else "two-pass"
+            return "tree" if self._keep and tree_mask_works(self.model) else "two-pass"
         return self.method
 
     def encode(self, requests: Sequence[LoglikRequest]) -> list[_Encoded]:
@@ -181,18 +185,30 @@ class LoglikScorer:
         return [e.scores for e in enc]  # type: ignore[misc]
 
     def _score_tree(self, enc: list[_Encoded], progress: Callable[[int], None] | None) -> None:
-        from meditune.evaluation.loglik_tree import padding_bounded_batches, score_tree_batch, tree_row
+        from meditune.evaluation import loglik_tree as lt
 
-        rows = [tree_row(e.ctx or [self.encoder.prefix_token_id], e.conts) for e in enc]
-        order = sorted(range(len(enc)), key=lambda i: (-len(rows[i].ids), i))  # longest first
-        for idx in padding_bounded_batches([len(rows[i].ids) for i in order], self.batch_size):
-            batch = [order[k] for k in idx]
-            results = score_tree_batch(self.model, [rows[i] for i in batch], self.pad_id)
+        rows = [lt.tree_row(e.ctx or [self.encoder.prefix_token_id], e.conts) for e in enc]
+        window = lt.sliding_window(self.model)
+        fits = [i for i in range(len(enc)) if window is None or len(rows[i].ids) <= window]
+        order = sorted(fits, key=lambda i: (-len(rows[i].ids), i))  # longest first: the peak comes early
+        max_tokens = self.max_tokens or lt.default_max_tokens(self.model)
+        left = [e for i, e in enumerate(enc) if window is not None and len(rows[i].ids) > window]
+        batches = [[order[k] for k in idx] for idx in
+                   lt.token_budget_batches([len(rows[i].ids) for i in order], self.batch_size, max_tokens)]
+        for n, batch in enumerate(batches):
+            try:
+                results = lt.score_tree_batch(self.model, [rows[i] for i in batch])
+            except lt.TreeAttentionUnsupported as e:
+                log.info("tree scoring unsupported (%s): two-pass for the remaining questions", e)
+                left += [enc[i] for b in batches[n:] for i in b]
+                break
             for i, (lls, greedy) in zip(batch, results, strict=True):
                 e = enc[i]
                 e.scores = OptionScores(lls, greedy, [len(c) for c in e.conts], len(e.ctx), e.truncated)
             if progress:
                 progress(len(batch))
+        if left:  # longer than the model's attention window, or the model's attention needs what tree lacks
+            self._score_two_pass(left, progress)
 
     def _score_two_pass(self, enc: list[_Encoded], progress: Callable[[int], None] | None) -> None:
         order = sorted(enc, key=lambda e: (-len(e.ctx), e.index))  # longest first: padding stays small

@@ -43,7 +43,8 @@ class MCQAOptions(BaseModel):
     strategy: str = "direct"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_batch_tokens: int | None = Field(None, ge=16)  # loglik: tokens per forward; None = by device
     max_length: int | None = Field(None, ge=8)
     max_new_tokens: int = Field(32, ge=1)
     device: str = "auto"
@@ -223,7 +224,7 @@ class _Shard:
 
 def direct_run_key(cfg: MCQAOptions, model_spec: str, template: Template, mode: str) -> str:
     """What a resumable shard must match: every setting that changes a sample (not batch size or limit)."""
-    return hash_obj({"config": cfg.model_dump(exclude={"batch_size", "limit"}), "mode": mode,
+    return hash_obj({"config": cfg.model_dump(exclude={"batch_size", "max_batch_tokens", "limit"}), "mode": mode,
                      "model": model_spec, "model_files": _model_stamp(model_spec), "template": template.text})
 
 
@@ -252,7 +253,7 @@ def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, 
     mode = cfg.mode or ctx.template.mode
     shard = _Shard(ctx.work_dir, direct_run_key(cfg, ctx.model_spec, ctx.template, mode))
     todo = [(i, it) for i, it in enumerate(ctx.items) if it.id not in shard.done]
-    chunk = max(64, cfg.batch_size * 8)
+    chunk = max(128, cfg.batch_size * 16)  # the resumable unit; batches are formed within a chunk
     t0, done = time.time(), len(ctx.items) - len(todo)
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
@@ -274,7 +275,8 @@ def _score_loglik(ctx: StrategyContext, model: Any, tok: Any, part: list[tuple[i
                   rendered: list[Any]) -> list[dict[str, Any]]:
     from meditune.evaluation.loglik import LoglikRequest, LoglikScorer
 
-    scorer = LoglikScorer(model, tok, batch_size=ctx.config.batch_size, max_length=ctx.config.max_length)
+    scorer = LoglikScorer(model, tok, batch_size=ctx.config.batch_size, max_length=ctx.config.max_length,
+                          max_tokens=ctx.config.max_batch_tokens)
     scores = scorer.score([LoglikRequest(r.context, r.continuations) for r in rendered])
     out = []
     for (doc_id, item), r, sc in zip(part, rendered, scores, strict=True):
