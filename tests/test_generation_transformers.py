@@ -73,6 +73,27 @@ def test_sampling_reproducible_and_independent_of_batch(backend):
     assert [g.text for g in other_seed] != [g.text for g in alone]
 
 
+def test_samples_of_a_request_share_one_prefill(backend, monkeypatch):
+    """n samples are prefilled once and the cache rows copied: same outputs as a prefill per sample."""
+    reqs = [chat("s", QUESTIONS[0], temperature=1.0, n=3, seed=3, max_new_tokens=8),
+            chat("t", QUESTIONS[3], temperature=0.8, n=2, seed=4, max_new_tokens=8)]
+    rows_fed = []
+    forward = type(backend)._forward
+
+    def counting(self, **inputs):
+        rows_fed.append(inputs["input_ids"].shape)
+        return forward(self, **inputs)
+
+    monkeypatch.setattr(type(backend), "_forward", counting)
+    shared = backend.generate(reqs)
+    prefill_rows = [shape[0] for shape in rows_fed if shape[1] > 1]
+    assert prefill_rows == [2, 1]  # 5 samples in batches of 4: [t, t, s, s] prefills 2 rows, then [s] 1
+    monkeypatch.setattr(type(backend), "_prefill", lambda self, batch, ids, mask, pos, cache: self._forward(
+        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache))
+    per_sample = backend.generate(reqs)
+    assert [[g.text for g in r] for r in shared] == [[g.text for g in r] for r in per_sample]
+
+
 def test_stop_string_truncates_and_stops(backend):
     # sampled (fixed seed) so the random model writes varied text; the same seed replays the same tokens
     base = backend.generate([chat("a", QUESTIONS[1], max_new_tokens=24, temperature=1.0, seed=3)])[0][0]

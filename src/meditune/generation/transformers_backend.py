@@ -144,6 +144,23 @@ class TransformersBackend:
                 self._keep_last = False
         return self.model(**inputs, use_cache=True).logits[:, -1, :]
 
+    def _prefill(self, batch: list[_Row], ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
+        """Last-position logits of the prompts, each distinct prompt computed once: the n samples of a request
+        (self-consistency, rejection sampling) share one prefill, whose cache rows are then copied per sample."""
+        import torch
+
+        first: dict[int, int] = {}  # request -> its first row in the batch (samples of a request are adjacent)
+        source = [first.setdefault(r.req, j) for j, r in enumerate(batch)]
+        if len(first) == len(batch):
+            return self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
+        uniq = torch.tensor(sorted(first.values()), device=ids.device)
+        logits = self._forward(input_ids=ids[uniq], attention_mask=mask[uniq], position_ids=pos[uniq],
+                               past_key_values=cache)
+        rank = {j: k for k, j in enumerate(sorted(first.values()))}
+        expand = torch.tensor([rank[j] for j in source], device=ids.device)
+        cache.batch_select_indices(expand)
+        return logits[expand]
+
     def _run_batch(self, batch: list[_Row]) -> None:
         import torch
 
@@ -161,7 +178,7 @@ class TransformersBackend:
         with torch.inference_mode(), packing as packed:
             if len(batch) > 1:
                 packed.pack(len(batch))
-            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
+            logits = self._prefill(batch, ids, mask, pos, cache)
             last_pos = pos[:, -1]
             while True:
                 running = [j for j, i in enumerate(live) if batch[i].finish is None]
