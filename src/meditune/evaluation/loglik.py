@@ -189,10 +189,14 @@ class LoglikScorer:
 
         rows = [lt.tree_row(e.ctx or [self.encoder.prefix_token_id], e.conts) for e in enc]
         window = lt.sliding_window(self.model)
-        fits = [i for i in range(len(enc)) if window is None or len(rows[i].ids) <= window]
+        fits, left = [], []  # left: longer than the model's attention window, scored with two-pass
+        for i, row in enumerate(rows):
+            if window is not None and len(row.ids) > window:
+                left.append(enc[i])
+            else:
+                fits.append(i)
         order = sorted(fits, key=lambda i: (-len(rows[i].ids), i))  # longest first: the peak comes early
         max_tokens = self.max_tokens or lt.default_max_tokens(self.model)
-        left = [e for i, e in enumerate(enc) if window is not None and len(rows[i].ids) > window]
         batches = [[order[k] for k in idx] for idx in
                    lt.token_budget_batches([len(rows[i].ids) for i in order], self.batch_size, max_tokens)]
         for n, batch in enumerate(batches):

@@ -126,10 +126,11 @@ def tree_attention(module: Any, query: Any, key: Any, value: Any, attention_mask
     """
     import torch
     import torch.nn.functional as F
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     segments = _SEGMENTS.get()
     if segments is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None or dropout:
@@ -184,16 +185,21 @@ def tree_targets(rows: Sequence[TreeRow]) -> tuple[list[int], list[int], list[in
     return flat, target, option
 
 
+def packed_logits(model: Any, rows: Sequence[TreeRow]) -> Any:
+    """Logits [kept positions, vocab] of one packed forward of these rows under their tree masks."""
+    inputs, segments = packed_inputs(rows, _float_dtype(model), model.device)
+    with tree_attention_on(model, segments):
+        logits = model(**inputs, use_cache=False).logits
+    return logits.reshape(-1, logits.shape[-1])
+
+
 def score_tree_batch(model: Any, rows: Sequence[TreeRow]) -> list[tuple[list[float], list[bool]]]:
     """(per-option log-likelihoods, per-option is-greedy) of each row, from one packed forward pass."""
     import torch
     import torch.nn.functional as F
 
     dev = model.device
-    inputs, segments = packed_inputs(rows, _float_dtype(model), dev)
-    with tree_attention_on(model, segments):
-        logits = model(**inputs, use_cache=False).logits
-    logits = logits.reshape(-1, logits.shape[-1])  # [kept positions, vocab]
+    logits = packed_logits(model, rows)
     flat, target, option = tree_targets(rows)
     flat_t = torch.tensor(flat, device=dev)
     target_t = torch.tensor(target, device=dev)
@@ -265,10 +271,7 @@ def _probe(model: Any) -> bool:
     dev = model.device
     try:
         with torch.inference_mode():
-            inputs, segments = packed_inputs(rows, _float_dtype(model), dev)
-            with tree_attention_on(model, segments):
-                got = model(**inputs, use_cache=False).logits
-            got = got.reshape(-1, got.shape[-1])
+            got = packed_logits(model, rows)
             ref = []
             for row in rows:
                 for cont in row.continuations:

@@ -153,10 +153,11 @@ class TransformersBackend:
         source = [first.setdefault(r.req, j) for j, r in enumerate(batch)]
         if len(first) == len(batch):
             return self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
-        uniq = torch.tensor(sorted(first.values()), device=ids.device)
+        heads = list(first.values())  # ascending: first rows are met in batch order
+        uniq = torch.tensor(heads, device=ids.device)
         logits = self._forward(input_ids=ids[uniq], attention_mask=mask[uniq], position_ids=pos[uniq],
                                past_key_values=cache)
-        rank = {j: k for k, j in enumerate(sorted(first.values()))}
+        rank = {j: k for k, j in enumerate(heads)}
         expand = torch.tensor([rank[j] for j in source], device=ids.device)
         cache.batch_select_indices(expand)
         return logits[expand]
