@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from meditune.cli import main
 from meditune.data.stage import DataStageConfig, estimate, run_data
-from meditune.errors import ConfigError
-from meditune.records import MCQItem, read_records, write_records
+from meditune.errors import ConfigError, InputError
+from meditune.records import MCQItem, SafetyItem, read_records, write_records
 from meditune.stages import StageContext
 from tests.data_fixtures import jsonl, medqa_row
 
@@ -111,3 +111,43 @@ def test_list_and_inspect_commands(tmp_path, capsys):
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["answers"] == {"B": 1}
     assert main(["data", "inspect", "medqa_usa:x.jsonl"]) == 2
+
+
+def safety_items(splits: list[str | None]) -> list[SafetyItem]:
+    return [SafetyItem(id=f"s{k}", request=f"Invented request {k}?", meta={} if s is None else {"split": s})
+            for k, s in enumerate(splits)]
+
+
+def test_split_keeps_only_records_of_that_split(tmp_path):
+    write_records(tmp_path / "s.jsonl", safety_items(["train", "test", "train", "test", "test"]))
+    out = run_data(cfg(source=str(tmp_path / "s.jsonl"), split="test"), ctx(tmp_path))
+    assert [r.id for r in read_records(out["dataset"])] == ["s1", "s3", "s4"]
+    stats = json.loads(open(out["stats"]).read())
+    assert stats["counts"]["loaded"] == 5 and stats["counts"]["after_split"] == 3
+    assert estimate(cfg(source=str(tmp_path / "s.jsonl"), split="train")) == {"items": 2}
+    (tmp_path / "x").mkdir()
+    held = run_data(cfg(source=str(tmp_path / "s.jsonl"), split="test", eval_size=1), ctx(tmp_path / "x"))
+    assert {r.id for r in read_records(held["dataset"]) + read_records(held["eval"])} == {"s1", "s3", "s4"}
+
+
+def test_split_rejects_records_without_meta_split_naming_the_first(tmp_path):
+    write_records(tmp_path / "s.jsonl", safety_items(["test", None, "train", None]))
+    with pytest.raises(InputError, match=r"'s1' has no meta\.split") as err:
+        run_data(cfg(source=str(tmp_path / "s.jsonl"), split="test"), ctx(tmp_path))
+    assert err.value.field == "meta.split" and str(tmp_path / "s.jsonl") in str(err.value)
+    assert not (tmp_path / "stage" / "dataset.jsonl").exists()  # nothing half-written
+    assert estimate(cfg(source=str(tmp_path / "s.jsonl"), split="test")) == {"items": "unknown"}
+    write_records(tmp_path / "t.jsonl", safety_items(["train", "test"]))
+    with pytest.raises(ConfigError, match=r"meta\.split 'dev' \(found: test, train\)"):
+        run_data(cfg(source=str(tmp_path / "t.jsonl"), split="dev"), ctx(tmp_path))
+    with pytest.raises(ValidationError):
+        cfg(source="x", split="")
+
+
+def test_split_in_a_recipe_fails_cleanly_without_meta_split(tmp_path, capsys):
+    write_records(tmp_path / "in.jsonl", items("r", 3))  # MCQ items carry no meta.split
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "t", "run_dir": str(tmp_path / "run"), "stages": [
+        {"name": "held_out", "type": "data", "source": str(tmp_path / "in.jsonl"), "split": "test"}]}))
+    assert main(["run", str(recipe)]) == 2
+    assert "'r0' has no meta.split" in capsys.readouterr().err

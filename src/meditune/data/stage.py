@@ -1,13 +1,19 @@
 """The `data` stage: load one or more sources, filter, sample, decontaminate and split into JSONL record files.
 
+`split: test` keeps only the records whose `meta.split` is "test" (the bundled safety / benign samples carry a
+fixed train/test split by id); a record without `meta.split` is an error, since keeping it could leak a training
+item into an evaluation.
+
 Outputs: `dataset` (main, JSONL records), `eval` (when a split is asked for) and `stats` (stats.json: counts
 per step, the decontamination report and `describe` statistics of the dataset).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,7 @@ from pydantic import Field, model_validator
 from meditune.data.overlap import filter_train, find_overlap
 from meditune.data.registry import load_source, parse_spec
 from meditune.data.stats import describe
-from meditune.errors import ConfigError
+from meditune.errors import ConfigError, InputError
 from meditune.io import write_json
 from meditune.records import RECORD_TYPES, Record, kind_name, write_records
 from meditune.stages import StageConfig, StageContext, stage_type
@@ -28,6 +34,8 @@ class DataStageConfig(StageConfig):
     source: str | list[str] = Field(description="source spec(s); several are concatenated")
     options: dict[str, Any] = Field(default_factory=dict, description="loader options for every source")
     kind: str | None = Field(None, description="required record type (mcq, chat, preference, ...)")
+    split: str | None = Field(None, min_length=1, description="keep only records whose meta.split equals this "
+                              "(e.g. train, test); every record must have meta.split")
     language: str | list[str] | None = Field(None, description="keep only these languages")
     sample: int | None = Field(None, ge=1, description="random sample of this many items (seeded)")
     limit: int | None = Field(None, ge=1, description="keep the first N items (after sampling/shuffling)")
@@ -67,6 +75,21 @@ def load_all(specs: list[str], options: dict[str, Any]) -> list[Record]:
     return out
 
 
+def keep_split(records: list[Record], split: str, specs: list[str]) -> list[Record]:
+    """Records whose meta.split equals `split`; one without meta.split is an error (it might be a training item)."""
+    for rec in records:
+        meta = getattr(rec, "meta", None)
+        if not isinstance(meta, dict) or meta.get("split") in (None, ""):
+            item = getattr(rec, "id", "?")
+            raise InputError(f"item {item!r} has no meta.split, so `split: {split}` cannot tell whether it belongs "
+                             "there", file=", ".join(specs), field="meta.split")
+    kept = [r for r in records if r.meta["split"] == split]  # type: ignore[attr-defined]
+    if records and not kept:
+        found = sorted({str(r.meta["split"]) for r in records})  # type: ignore[attr-defined]
+        raise ConfigError(f"split: no item of {', '.join(specs)} has meta.split {split!r} (found: {', '.join(found)})")
+    return kept
+
+
 def select(records: list[Record], cfg: DataStageConfig, seed: int, counts: dict[str, int]) -> list[Record]:
     """Language filter, decontamination, sampling/shuffling and limit, recording counts after each step."""
     langs = _as_list(cfg.language)
@@ -94,6 +117,9 @@ def run_data(cfg: DataStageConfig, ctx: StageContext) -> dict[str, str]:
     specs = _as_list(cfg.source)
     records = load_all(specs, cfg.options)
     counts: dict[str, int] = {"loaded": len(records)}
+    if cfg.split is not None:
+        records = keep_split(records, cfg.split, specs)
+        counts["after_split"] = len(records)
     decontam: dict[str, Any] | None = None
     against = _as_list(cfg.decontaminate)
     if against:
@@ -131,8 +157,20 @@ def run_data(cfg: DataStageConfig, ctx: StageContext) -> dict[str, str]:
     return outputs
 
 
-def count_items(spec: str) -> int | None:
-    """Item count of a source when it is cheap to know (JSONL files, bundled samples), else None."""
+def _count_lines(lines: Iterable[str | bytes], split: str | None) -> int | None:
+    """Non-empty JSONL lines, or with `split` those whose meta.split equals it (None when that is not known)."""
+    lines = [line for line in lines if line.strip()]
+    if split is None:
+        return len(lines)
+    try:
+        splits = [(json.loads(line).get("meta") or {}).get("split") for line in lines]
+    except (ValueError, AttributeError):
+        return None
+    return None if None in splits else splits.count(split)
+
+
+def count_items(spec: str, split: str | None = None) -> int | None:
+    """Item count of a source (of one meta.split) when it is cheap to know (JSONL files, bundled samples)."""
     name, target = parse_spec(spec)
     if name == "sample":
         import importlib.resources
@@ -140,12 +178,12 @@ def count_items(spec: str) -> int | None:
         path = importlib.resources.files("meditune") / "sample_data" / f"{target.removesuffix('.jsonl')}.jsonl"
         if not path.is_file():
             return None
-        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        return _count_lines(path.read_text(encoding="utf-8").splitlines(), split)
     p = Path(target)
     if p.is_file() and p.suffix in (".jsonl", ".ndjson") and name in ("auto", "medqa", "medqa_us",
                                                                        "medqa_mainland", "medqa_taiwan"):
         with open(p, "rb") as f:
-            return sum(1 for line in f if line.strip())
+            return _count_lines(f, split)
     return None
 
 
@@ -154,7 +192,7 @@ def estimate(cfg: DataStageConfig) -> dict[str, Any]:
     total = 0
     for spec in _as_list(cfg.source):
         try:
-            n = count_items(spec)
+            n = count_items(spec, cfg.split)
         except ConfigError:
             n = None
         if n is None:
