@@ -253,7 +253,7 @@ def test_stage_types_registered_with_recipe_defaults():
 
     opts = effective_options(cfg, SafetyOptions, R())
     assert opts.model == "my-model" and opts.seed == 7 and opts.task == "safety"
-    assert st.estimate(cfg, R())["items"] == 45
+    assert st.estimate(cfg, R())["items"] == 144
     with pytest.raises(Exception, match="extra|not permitted"):
         st.config(name="s", type="eval_safety", data="x", bogus=1)
 

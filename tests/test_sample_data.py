@@ -170,34 +170,104 @@ def test_longform_items():
 
 # ---------- safety / benign ----------
 
-def test_safety_items_cover_all_nine_principles():
-    items: list[SafetyItem] = load("safety")
-    assert len(items) >= 40
-    assert all(i.harmful and i.safe_response and len(i.safe_response) > 80 for i in items)
-    cats = Counter(i.category for i in items)
-    assert set(cats) == {str(k) for k in range(1, 10)} and min(cats.values()) >= 4
-    assert all(i.meta.get("ama_principle", "").split()[0] in
-               {"I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX"} for i in items)
+ROMAN = ("I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX")
+PER_PRINCIPLE = 16  # per file: 8 train + 8 test for each of the nine AMA principles
+DECLINE = re.compile(r"\b(can't|cannot|won't|will not|not able to|unable to|not going to|declin|refus|"
+                     r"please don't|no[,.:;]|isn't something i|not something i)", re.I)
+REDIRECT = re.compile(r"\b(i can|can help|should|please|instead|the right|options?|safe|proper|reassess|review|"
+                      r"involve|talk|contact|report|consider|follow|discuss|explain|ask|tell|refer|escalate|arrange|suggest|plan|use|treat|give|work|bring|finish)\b", re.I)
 
 
-def test_safety_responses_decline_and_redirect():
-    # each safe response declines the harmful part and offers something helpful instead
+def principle(item: SafetyItem) -> str:
+    """The Roman numeral that starts meta.ama_principle."""
+    return item.meta.get("ama_principle", "").split(" ", 1)[0]
+
+
+def safety_and_benign() -> list[SafetyItem]:
+    return load("safety") + load("benign")
+
+
+@pytest.mark.parametrize("name", ["safety", "benign"])
+def test_safety_files_have_16_items_per_principle_and_continuous_ids(name):
+    items: list[SafetyItem] = load(name)
+    assert Counter(principle(i) for i in items) == {r: PER_PRINCIPLE for r in ROMAN}
+    assert [i.id for i in items] == [f"{name}-{k:03d}" for k in range(1, len(items) + 1)]  # old ids kept
+    names = {principle(i): i.meta["ama_principle"] for i in load("safety")}
+    assert all(i.meta["ama_principle"] == names[principle(i)] for i in items)  # one spelling per principle
+    assert all(i.safe_response and i.safe_response.strip() and i.source == SOURCE for i in items)
+    assert all(2 <= sentences(i.safe_response) <= 4 for i in items), name
+
+
+@pytest.mark.parametrize("name", ["safety", "benign"])
+def test_fixed_split_is_8_train_and_8_test_per_principle(name):
+    items: list[SafetyItem] = load(name)
+    assert Counter((principle(i), i.meta.get("split")) for i in items) == {
+        (r, s): PER_PRINCIPLE // 2 for r in ROMAN for s in ("train", "test")}
+
+
+def test_no_test_request_repeats_a_train_request():
+    # across both files: no normalised-identical request and no shared word 8-gram between the halves
+    from meditune.data.overlap import find_overlap
+
+    items = safety_and_benign()
+    train = [i for i in items if i.meta["split"] == "train"]
+    test = [i for i in items if i.meta["split"] == "test"]
+    assert not {norm(i.request) for i in train} & {norm(i.request) for i in test}
+    report = find_overlap(test, train, n=8, use_full_text=False)
+    assert report.train_flagged == 0, report.flagged[:3]
+    assert not [q for q, n in Counter(norm(i.request) for i in items).items() if n > 1]
+
+
+def test_safety_items_are_harmful_with_the_principle_as_category():
     for i in load("safety"):
-        r = i.safe_response.lower()
-        assert re.search(r"\b(can't|cannot|won't|please don't|no,|not something i can)", r), i.id
-        assert re.search(r"\b(i can|can help|should|please|instead|the right|options?|safe|proper|reassess|review|"
-                         r"involve|talk|contact|report|consider|follow|discuss|explain)\b", r), i.id
+        assert i.harmful and len(i.safe_response) > 80, i.id
+        assert i.category == str(ROMAN.index(principle(i)) + 1), i.id
+
+
+def test_safety_responses_decline_and_redirect_with_varied_openings():
+    items = load("safety")
+    for i in items:
+        assert DECLINE.search(i.safe_response), i.id
+        assert REDIRECT.search(i.safe_response), i.id
+    openings = Counter(" ".join(i.safe_response.split()[:2]) for i in items)
+    assert openings.most_common(1)[0][1] <= len(items) // 2 and len(openings) >= 10
 
 
 def test_benign_items_are_answered_not_refused():
     items: list[SafetyItem] = load("benign")
-    assert len(items) >= 40
     for i in items:
-        assert i.harmful is False and i.safe_response and len(i.safe_response) > 80, i.id
-        assert not re.match(r"(i can't|i cannot|i won't|sorry)", i.safe_response.lower()), i.id
+        assert i.harmful is False and len(i.safe_response) > 80, i.id
+        assert not re.match(r"(i can't|i cannot|i won't|sorry|no[,.;:])", i.safe_response.lower()), i.id
+        assert i.category and not i.category.isdigit() and len(i.category.split()) <= 3, i.id  # a topic word
     harmful = {norm(i.request) for i in load("safety")}
     assert not harmful & {norm(i.request) for i in items}
-    assert not [q for q, n in Counter(norm(i.request) for i in items).items() if n > 1]
+
+
+def test_split_option_of_the_data_stage_selects_the_sample_halves(tmp_path):
+    from types import SimpleNamespace
+
+    from meditune.data.stage import DataStageConfig, estimate, run_data
+    from meditune.stages import StageContext
+
+    (tmp_path / "s").mkdir()
+    cfg = DataStageConfig(name="d", type="data", source=["sample:safety", "sample:benign"], split="test")
+    out = run_data(cfg, StageContext(run_dir=tmp_path, stage_dir=tmp_path / "s", recipe=SimpleNamespace(seed=0)))
+    got = read_records(out["dataset"], SafetyItem)
+    want = [i.id for i in safety_and_benign() if i.meta["split"] == "test"]
+    assert [i.id for i in got] == want and len(want) == 144
+    assert estimate(cfg) == {"items": 144}
+
+
+@pytest.mark.shared
+def test_safety_samples_do_not_overlap_medsafetybench(shared_data):
+    # MedSafetyBench train (gpt4 + llama2) and the 74k llama3 requests, against our requests and responses
+    from meditune.data import load_source
+    from meditune.data.overlap import find_overlap
+
+    msb = load_source(f"medsafetybench:{shared_data / 'medsafetybench'}")
+    assert len(msb) > 70_000
+    report = find_overlap(msb, safety_and_benign(), n=8)  # index our 288 items, stream the benchmark through
+    assert report.train_flagged == 0 and report.eval_contaminated == 0, report.flagged[:3]
 
 
 # ---------- attitude ----------
