@@ -68,11 +68,11 @@ def main() -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    from meditune.evaluation.stats import paired_bootstrap
     from meditune.evaluation.strategies import run_strategy
     from meditune.generation.base import BackendConfig
     from meditune.generation.factory import make_backend
     from meditune.io import write_json
+    from meditune.stats import paired_bootstrap
 
     if args.threads:
         import torch
@@ -117,7 +117,7 @@ def main() -> int:
         preds = results["medprompt"].predictions
         first = [r["runs"][0]["samples"][0] for r in preds]
         corr = [float(s["answer"] == r["gold"]) for s, r in zip(first, preds, strict=True)]
-        from meditune.evaluation.stats import bootstrap_ci
+        from meditune.stats import bootstrap_ci
 
         lo, hi = bootstrap_ci(corr)
         toks = sum(s["completion_tokens"] for s in first)

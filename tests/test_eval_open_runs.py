@@ -238,7 +238,7 @@ def test_wrong_record_kind_is_an_input_error(tmp_path):
 
 
 def test_stage_types_registered_with_recipe_defaults():
-    from meditune.evaluation.open_stages import effective_options
+    from meditune.evaluation.stage import effective_options
     from meditune.stages import registry
 
     reg = registry()

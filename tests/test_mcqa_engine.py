@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from meditune.errors import ConfigError, InputError
-from meditune.evaluation.mcqa import MCQAOptions, StrategyContext, evaluate_mcqa, register_strategy
+from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
 from meditune.evaluation.results import compare
+from meditune.evaluation.strategies import StrategyContext, register_strategy
 from meditune.io import read_json, read_jsonl
 
 SUBJECTS = ["cardiology", "pharmacology"]
@@ -69,8 +70,8 @@ def test_resume_uses_samples_on_disk(tmp_path, tiny, tiny_model_dir):
     cfg = opts(data, tiny_model_dir, template="medqa")
     first = read_jsonl(evaluate_mcqa(cfg, tmp_path / "a", preloaded=tiny)["samples"])
     # Simulate a run killed after two items (and a torn third line): a shard written under the same key.
-    from meditune.evaluation.mcqa import PARTIAL, PARTIAL_KEY, direct_run_key
-    from meditune.evaluation.prompts import get_template
+    from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY, direct_run_key
+    from meditune.prompts import get_template
 
     out = tmp_path / "b"
     out.mkdir()

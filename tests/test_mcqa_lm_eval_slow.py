@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from meditune.evaluation.loglik import LoglikRequest, LoglikScorer
-from meditune.evaluation.prompts import PromptBuilder, get_template
+from meditune.prompts import PromptBuilder, get_template
 from meditune.records import MCQItem
 
 # Written for this test (not benchmark text): MedQA-style vignettes with full-text options.

@@ -7,7 +7,7 @@ import pytest
 
 from meditune.evaluation.loglik import LoglikRequest, LoglikScorer, naive_score
 from meditune.evaluation.loglik_tree import packed_inputs, tree_mask_works, tree_row, tree_targets
-from meditune.evaluation.prompts import PromptBuilder, get_template
+from meditune.prompts import PromptBuilder, get_template
 from meditune.records import MCQItem
 
 # Uneven question and option lengths (1 to ~15 tokens), so batches are padded and option segments differ.

@@ -6,7 +6,7 @@ import pytest
 
 from meditune.errors import ConfigError
 from meditune.evaluation.generative import extract_choice, truncate_at_stop
-from meditune.evaluation.prompts import PromptBuilder, get_template, pick_shots
+from meditune.prompts import PromptBuilder, get_template, pick_shots
 from meditune.records import MCQItem
 
 

@@ -137,7 +137,7 @@ def test_dpo_full_precomputes_reference(tmp_path, tiny_model_dir, toy):
 def test_multistage_dpo_chains_parts(tmp_path, tiny_model_dir, toy):
     from meditune.models import resolve
     from meditune.training.dpo import DPOStageConfig
-    from meditune.training.stages import run_dpo
+    from meditune.training.stage import run_dpo
 
     cfg = DPOStageConfig(name="dpo", type="dpo", data=[str(toy[1]), str(toy[1])], max_steps=2, learning_rate=1e-2,
                          **FAST)

@@ -9,9 +9,7 @@ A changed config, or --force, starts the stage from an empty directory.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,29 +17,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from meditune import __version__
 from meditune.errors import ConfigError
 from meditune.io import hash_obj, hash_path, read_json, write_json
 from meditune.logs import log_to_file
 from meditune.recipe import Recipe
 from meditune.stages import StageConfig, StageContext, registry
+from meditune.versions import package_versions
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 BIG_FILE = 256 << 20  # files larger than this are fingerprinted by size and mtime, not content
-VERSIONED_PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "sentence-transformers"]
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python, meditune and the libraries that shape results."""
-    out = {"python": platform.python_version(), "meditune": __version__}
-    for pkg in VERSIONED_PACKAGES:
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def now() -> str:

@@ -9,7 +9,6 @@ the @stage_type decorator; STAGE_MODULES lists the modules imported to fill the 
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-log = logging.getLogger(__name__)
-
 # One module per family of stage types; each registers its types when imported.
 STAGE_MODULES = [
     "meditune.data.stage",
     "meditune.generation.stage",
     "meditune.prefs.stage",
-    "meditune.training.stages",
+    "meditune.training.stage",
     "meditune.merging.stage",
-    "meditune.evaluation.mcqa_stage",
-    "meditune.evaluation.open_stages",
+    "meditune.evaluation.stage",
     "meditune.report.stage",
 ]
 
@@ -90,12 +86,6 @@ def registry() -> dict[str, StageType]:
     global _loaded
     if not _loaded:
         for mod in STAGE_MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as e:
-                if e.name and mod.startswith(e.name):
-                    log.debug("stage module %s not present", mod)
-                    continue
-                raise
+            importlib.import_module(mod)
         _loaded = True
     return REGISTRY

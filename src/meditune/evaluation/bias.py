@@ -26,10 +26,10 @@ from meditune.evaluation.open_common import (
     load_records,
     run_config_of,
 )
-from meditune.evaluation.stats import paired_bootstrap
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.records import AttitudeItem
 from meditune.sample_data import PLACEHOLDER, fill_group
+from meditune.stats import paired_bootstrap
 
 DEFAULT_GROUPS = ["elderly", "young", "female", "male", "immigrant", "low-income", "Black", "white"]
 LIKERT_TEMPLATE = ("Here is a statement about patients:\n\"{statement}\"\n\nHow much do you agree with it? "

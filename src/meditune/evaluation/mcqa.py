@@ -1,27 +1,24 @@
-"""The multiple-choice evaluation engine: config, item loading, the `direct` strategy (log-likelihood or
-generative), the strategy registry other strategies plug into, resumable sample shards, and the outputs."""
+"""The multiple-choice evaluation engine: settings, item loading, running a strategy (meditune.evaluation.strategies:
+direct, cot, ...) and writing results.json + samples.jsonl."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.errors import ConfigError, InputError
-from meditune.evaluation.prompts import PromptBuilder, Template, get_template, pick_shots
 from meditune.evaluation.results import build_results, write_outputs
-from meditune.io import append_jsonl, hash_obj, iter_jsonl, read_json, write_json, write_jsonl
-from meditune.records import LETTERS, MCQItem, read_records
+from meditune.evaluation.strategies import StrategyContext, get_strategy
+from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY
+from meditune.io import iter_jsonl
+from meditune.prompts import Template, get_template
+from meditune.records import MCQItem, read_records
 
 log = logging.getLogger(__name__)
-
-PARTIAL = "samples.partial.jsonl"
-PARTIAL_KEY = "samples.partial.key.json"
 
 
 class MCQAOptions(BaseModel):
@@ -75,12 +72,8 @@ def _load_items(spec: str, what: str) -> list[MCQItem]:
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".jsonl" and _looks_like_mcq_jsonl(path):
         return _check_items(read_records(path, MCQItem), spec)  # type: ignore[arg-type]
-    try:
-        from meditune.data import load_source  # type: ignore[attr-defined]
-    except ImportError:
-        if path.is_file():
-            return _check_items(read_records(path, MCQItem), spec)  # type: ignore[arg-type]
-        raise ConfigError(f"{what} {spec!r}: not an MCQItem JSONL file (and meditune.data has no load_source)") from None
+    from meditune.data import load_source
+
     records = list(load_source(spec))
     records = [r[1] if isinstance(r, tuple) else r for r in records]
     bad = [r for r in records if not isinstance(r, MCQItem)]
@@ -104,211 +97,6 @@ def _check_items(items: list[MCQItem], spec: str) -> list[MCQItem]:
             raise InputError(f"answer {it.answer} out of range for {len(it.options)} options", file=spec,
                              line=f"item {i}", field="answer")
     return items
-
-
-# ----------------------------------------------------------------------------------------- strategy registry
-
-@dataclass
-class StrategyContext:
-    """What a strategy gets: the items, the settings, the model (lazily) and a place for resumable work."""
-
-    items: list[MCQItem]
-    fewshot_items: list[MCQItem]
-    config: MCQAOptions
-    template: Template
-    work_dir: Path
-    model_spec: str
-    extra_results: dict[str, Any] = field(default_factory=dict)
-    _loaded: tuple[Any, Any] | None = field(default=None, repr=False)
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    def model_and_tokenizer(self) -> tuple[Any, Any]:
-        """(model, tokenizer) of the evaluated model, loaded once."""
-        if self._loaded is None:
-            from meditune.models import load_model
-
-            self._loaded = load_model(self.model_spec, device=self.config.device, dtype=self.config.dtype,
-                                      trust_remote_code=self.config.trust_remote_code)
-        return self._loaded
-
-    def backend(self) -> Any:
-        """The project's generation Backend (meditune.generation, `transformers`) on the evaluated model."""
-        from meditune.generation.base import BackendConfig
-        from meditune.generation.factory import make_backend
-
-        model, tok = self.model_and_tokenizer()
-        cfg = self.config
-        backend = make_backend(BackendConfig(model=self.model_spec, system_prompt=cfg.system_prompt,
-                                             device=cfg.device, dtype=cfg.dtype,
-                                             trust_remote_code=cfg.trust_remote_code, batch_size=cfg.batch_size),
-                               model=model, tokenizer=tok)
-        if cfg.max_length:  # prompts that do not fit come back as "error" generations (see the backend)
-            backend.context = min(backend.context, cfg.max_length)
-        return backend
-
-    def sample(self, item: MCQItem, doc_id: int, pred: int | None, metrics: dict[str, float],
-               **extra: Any) -> dict[str, Any]:
-        """A standard sample record (see docs/evaluation-mcqa.md)."""
-        return {"doc_id": doc_id, "id": item.id, "subject": item.subject, "gold": item.answer,
-                "gold_letter": LETTERS[item.answer], "pred": pred,
-                "pred_letter": LETTERS[pred] if pred is not None else None, "metrics": metrics, **extra}
-
-
-StrategyFn = Callable[[StrategyContext, dict[str, Any]], list[dict[str, Any]]]
-
-
-@dataclass
-class Strategy:
-    name: str
-    run: StrategyFn
-    description: str
-
-
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def register_strategy(name: str, description: str = "") -> Callable[[StrategyFn], StrategyFn]:
-    """Decorator registering `run(ctx, options) -> samples` as an MCQA strategy."""
-
-    def deco(fn: StrategyFn) -> StrategyFn:
-        STRATEGIES[name] = Strategy(name, fn, description)
-        return fn
-
-    return deco
-
-
-def get_strategy(name: str) -> Strategy:
-    """A registered strategy (imports meditune.evaluation.strategies to fill the registry)."""
-    if name not in STRATEGIES:
-        try:
-            import meditune.evaluation.strategies  # noqa: F401  (registers its strategies)
-        except ModuleNotFoundError as e:
-            if not (e.name or "").startswith("meditune.evaluation.strategies"):
-                raise
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name]
-
-
-# ------------------------------------------------------------------------------------------- direct strategy
-
-def _argmax(values: list[float]) -> int:
-    return max(range(len(values)), key=lambda i: (values[i], -i))  # first index on ties, as numpy
-
-
-class _Shard:
-    """Append-only samples of an interrupted run, valid only for the same settings (key)."""
-
-    def __init__(self, work_dir: Path, key: str):
-        self.path, self.key_path = work_dir / PARTIAL, work_dir / PARTIAL_KEY
-        work_dir.mkdir(parents=True, exist_ok=True)
-        self.done: dict[str, dict[str, Any]] = {}
-        if self.path.exists() and self.key_path.exists() and read_json(self.key_path).get("key") == key:
-            for _, obj in iter_jsonl(self.path, tolerate_torn_tail=True):
-                self.done[obj["id"]] = obj
-            write_jsonl(self.path, self.done.values())  # drop a torn last line before appending
-            if self.done:
-                log.info("resuming: %d samples already on disk", len(self.done))
-        else:
-            self.path.unlink(missing_ok=True)
-            write_json(self.key_path, {"key": key})
-
-    def add(self, samples: list[dict[str, Any]]) -> None:
-        append_jsonl(self.path, samples)
-        for s in samples:
-            self.done[s["id"]] = s
-
-
-def direct_run_key(cfg: MCQAOptions, model_spec: str, template: Template, mode: str) -> str:
-    """What a resumable shard must match: every setting that changes a sample (not batch size or limit)."""
-    return hash_obj({"config": cfg.model_dump(exclude={"batch_size", "max_batch_tokens", "limit"}), "mode": mode,
-                     "model": model_spec, "model_files": _model_stamp(model_spec), "template": template.text})
-
-
-def _model_stamp(model_spec: str) -> list[tuple[str, int, int]]:
-    """Names, sizes and mtimes of a local model directory's files: a model rewritten in place is a new key."""
-    p = Path(model_spec).expanduser()
-    if not p.is_dir():
-        return []
-    return sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.iterdir() if f.is_file())
-
-
-def _builder(ctx: StrategyContext, tokenizer: Any) -> PromptBuilder:
-    cfg = ctx.config
-    return PromptBuilder(ctx.template, cfg.choices or ctx.template.choices, chat=cfg.chat_template,
-                         tokenizer=tokenizer, system_prompt=cfg.system_prompt)
-
-
-@register_strategy("direct", "the answer's log-likelihood (acc, acc_norm) or a greedy answer's letter")
-def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Score every item directly: log-likelihood of each option, or greedy generation + letter extraction."""
-    if options:
-        raise ConfigError(f"strategy 'direct' takes no options, got {sorted(options)}")
-    cfg = ctx.config
-    model, tok = ctx.model_and_tokenizer()
-    builder = _builder(ctx, tok)
-    mode = cfg.mode or ctx.template.mode
-    shard = _Shard(ctx.work_dir, direct_run_key(cfg, ctx.model_spec, ctx.template, mode))
-    todo = [(i, it) for i, it in enumerate(ctx.items) if it.id not in shard.done]
-    chunk = max(128, cfg.batch_size * 16)  # the resumable unit; batches are formed within a chunk
-    t0, done = time.time(), len(ctx.items) - len(todo)
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        rendered = [builder.render(it, pick_shots(it, ctx.fewshot_items, cfg.shots)) for _, it in part]
-        if mode == "loglik":
-            samples = _score_loglik(ctx, model, tok, part, rendered)
-        else:
-            samples = _score_generative(ctx, model, tok, part, rendered)
-        shard.add(samples)
-        done += len(part)
-        log.info("mcqa: %d/%d items (%.1f items/s)", done, len(ctx.items),
-                 (done - (len(ctx.items) - len(todo))) / max(1e-9, time.time() - t0))
-    samples = [shard.done[it.id] for it in ctx.items]
-    ctx.extra_results["mode"] = mode
-    return samples
-
-
-def _score_loglik(ctx: StrategyContext, model: Any, tok: Any, part: list[tuple[int, MCQItem]],
-                  rendered: list[Any]) -> list[dict[str, Any]]:
-    from meditune.evaluation.loglik import LoglikRequest, LoglikScorer
-
-    scorer = LoglikScorer(model, tok, batch_size=ctx.config.batch_size, max_length=ctx.config.max_length,
-                          max_tokens=ctx.config.max_batch_tokens)
-    scores = scorer.score([LoglikRequest(r.context, r.continuations) for r in rendered])
-    out = []
-    for (doc_id, item), r, sc in zip(part, rendered, scores, strict=True):
-        pred = _argmax(sc.loglik)
-        pred_norm = _argmax([ll / len(c) for ll, c in zip(sc.loglik, r.choices, strict=True)])
-        metrics = {"acc": float(pred == item.answer), "acc_norm": float(pred_norm == item.answer)}
-        extra: dict[str, Any] = {}
-        if ctx.config.per_token:
-            pred_tok = _argmax([ll / n for ll, n in zip(sc.loglik, sc.n_tokens, strict=True)])
-            metrics["acc_per_token"] = float(pred_tok == item.answer)
-            extra["pred_per_token"] = pred_tok
-        out.append(ctx.sample(item, doc_id, pred, metrics, pred_norm=pred_norm, prompt=r.context,
-                              continuations=r.continuations, loglik=sc.loglik, is_greedy=sc.is_greedy,
-                              continuation_tokens=sc.n_tokens, context_tokens=sc.context_tokens,
-                              truncated_tokens=sc.truncated_tokens, **extra))
-    return out
-
-
-def _score_generative(ctx: StrategyContext, model: Any, tok: Any, part: list[tuple[int, MCQItem]],
-                      rendered: list[Any]) -> list[dict[str, Any]]:
-    from meditune.evaluation.generative import extract_choice, generate_texts
-
-    outs = generate_texts(model, tok, [r.context for r in rendered], max_new_tokens=ctx.config.max_new_tokens,
-                          batch_size=ctx.config.batch_size, max_length=ctx.config.max_length)
-    samples = []
-    for (doc_id, item), r, o in zip(part, rendered, outs, strict=True):
-        pred = extract_choice(o.text, len(item.options))
-        samples.append(ctx.sample(item, doc_id, pred, {"exact_match": float(pred == item.answer)},
-                                  prompt=r.context, response=o.text, parsed=pred is not None,
-                                  completion_tokens=o.completion_tokens, finish_reason=o.finish_reason,
-                                  truncated_tokens=o.truncated_tokens))
-    return samples
 
 
 # ------------------------------------------------------------------------------------------------ the engine

@@ -30,9 +30,9 @@ from meditune.evaluation.open_common import (
     load_records,
     run_config_of,
 )
-from meditune.evaluation.stats import DEFAULT_RESAMPLES
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.records import NERItem
+from meditune.stats import DEFAULT_RESAMPLES
 
 CCKS_TYPES = ("疾病和诊断", "影像检查", "实验室检验", "手术", "药物", "解剖部位")
 TYPE_ALIASES: dict[str, str] = {

@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.results import FILTER, build_results, stderr, write_outputs
-from meditune.evaluation.stats import bootstrap_ci, wilson_ci
 from meditune.generation.base import Backend, BackendConfig, Generation, GenerationRequest
 from meditune.io import hash_obj
 from meditune.records import Record
+from meditune.stats import bootstrap_ci, wilson_ci
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from meditune.evaluation.open_common import (
     load_records,
     run_config_of,
 )
-from meditune.evaluation.stats import DEFAULT_RESAMPLES
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.records import Chat, LongFormItem
+from meditune.stats import DEFAULT_RESAMPLES
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff"
 _HANGUL = "\uac00-\ud7a3"

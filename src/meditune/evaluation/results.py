@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from meditune.errors import InputError
-from meditune.evaluation.stats import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
 from meditune.io import hash_obj, iter_jsonl, read_json, write_json, write_jsonl
+from meditune.stats import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
 
 FILTER = "none"  # lm-eval's filter name for unfiltered metrics
 RESULTS_VERSION = 1

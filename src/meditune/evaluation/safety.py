@@ -177,7 +177,7 @@ def _balance(hc: list[float], orf: list[float], seed: int) -> dict[str, Any]:
     """Mean of (1 - harmful_compliance) and (1 - over_refusal), CI by resampling each set independently."""
     import numpy as np
 
-    from meditune.evaluation.stats import DEFAULT_RESAMPLES
+    from meditune.stats import DEFAULT_RESAMPLES
 
     a, b = 1 - np.asarray(hc), 1 - np.asarray(orf)
     rng = np.random.default_rng(seed)

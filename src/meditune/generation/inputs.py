@@ -23,7 +23,7 @@ OUTPUT_KEYS = REQUEST_KEYS | {"model", "generations"}  # lines of a generations.
 
 def record_messages(rec: Any) -> list[dict[str, str]]:
     """The chat to generate a reply to, for a record."""
-    from meditune.records import LETTERS, Chat, LongFormItem, MCQItem, Preference, SafetyItem
+    from meditune.records import Chat, LongFormItem, MCQItem, Preference, SafetyItem
 
     if isinstance(rec, Chat):
         msgs = [{"role": m.role, "content": m.content} for m in rec.messages]
@@ -34,13 +34,9 @@ def record_messages(rec: Any) -> list[dict[str, str]]:
         return msgs
     if isinstance(rec, Preference):
         return [{"role": m.role, "content": m.content} for m in rec.prompt]
-    if isinstance(rec, MCQItem):
-        try:  # the data layer's MCQ format, so generations match its SFT exports
-            from meditune.data.export import mcq_prompt
-        except ImportError:
-            ctx = f"Context: {rec.context}\n\n" if rec.context else ""
-            opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(rec.options))
-            return [{"role": "user", "content": f"{ctx}{rec.question}\n\n{opts}"}]
+    if isinstance(rec, MCQItem):  # the data layer's MCQ format, so generations match its SFT exports
+        from meditune.data.export import mcq_prompt
+
         return [{"role": "user", "content": mcq_prompt(rec)}]
     if isinstance(rec, LongFormItem):
         return [{"role": "user", "content": rec.question}]

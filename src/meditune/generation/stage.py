@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from meditune.errors import ConfigError
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
 from meditune.stages import StageConfig, StageContext, stage_type
 
@@ -75,10 +74,8 @@ def stage_requests(config: GenerateStageConfig, recipe: Any) -> list[GenerationR
     path = Path(config.data)
     if path.is_file() and path.suffix in (".jsonl", ".json", ""):
         return load_requests(path, defaults, config.limit)
-    try:
-        from meditune.data import load_source
-    except ImportError:
-        raise ConfigError(f"generate stage {config.name!r}: data {config.data!r} is not a JSONL file") from None
+    from meditune.data import load_source
+
     records = load_source(config.data)
     if config.limit is not None:
         records = records[:config.limit]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meditune.evaluation.stats import bootstrap_ci
+from meditune.stats import bootstrap_ci
 
 # Licenses of the sources we know (from the upstream releases); anything else must be stated in the config.
 KNOWN_LICENSES = {

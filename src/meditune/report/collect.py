@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meditune.evaluation.stats import paired_bootstrap
 from meditune.io import iter_jsonl, read_json
+from meditune.stats import paired_bootstrap
 
 STAT_SUFFIXES = ("_stderr", "_ci_low", "_ci_high", "_n")
 

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
-from meditune.evaluation.stats import bootstrap_ci
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.scoring.base import Score, ScoreInput, empty_score
 from meditune.scoring.llm import ask
+from meditune.stats import bootstrap_ci
 
 DAHL_INSTRUCTION = ("An examination question from the biomedical domain will be given. Please answer the question "
                     "as truthfully as possible. If you don't know the answer to a question, tell me you don't "

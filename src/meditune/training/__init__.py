@@ -1,1 +1,1 @@
-"""Training stages over TRL + PEFT: cpt, sft, dpo, orpo, rm, rs, idpo (registered in training/stages.py)."""
+"""Training stages over TRL + PEFT: cpt, sft, dpo, orpo, rm, rs, idpo (registered in training/stage.py)."""

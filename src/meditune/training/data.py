@@ -40,11 +40,8 @@ def load_records(data: str, kinds: tuple[type[Record], ...]) -> list[Record]:
         if not out:
             raise InputError("no records", file=path)
         return out
-    try:
-        from meditune.data import load_source  # the data layer (optional at import time)
-    except ImportError:
-        raise ConfigError(f"data {data!r} is not a file, and this install has no data sources "
-                          "(meditune.data.load_source)") from None
+    from meditune.data import load_source
+
     recs = list(load_source(data))
     bad = [type(r).__name__ for r in recs if not isinstance(r, kinds)]
     if bad:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from meditune.io import write_json, write_text
+from meditune.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,6 @@ def save_model(model: Any, tokenizer: Any, out_dir: Path, *, base_spec: str, lor
 def write_model_card(out_dir: Path, *, stage: str, base_spec: str, method: str, data: Any,
                      hyperparameters: dict[str, Any], metrics: dict[str, Any], extra: str = "") -> Path:
     """README.md model card: what was trained from what, how, on which data, and the final metrics."""
-    from meditune.pipeline import package_versions
-
     hp = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
     mt = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())

@@ -11,9 +11,9 @@ from pydantic import Field
 
 from meditune.chat import render_chat
 from meditune.errors import ConfigError
-from meditune.evaluation.stats import wilson_ci
 from meditune.io import write_json
 from meditune.stages import StageContext
+from meditune.stats import wilson_ci
 from meditune.training.common import (
     TrainOptions,
     base_model_dir,

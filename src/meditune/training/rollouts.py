@@ -185,7 +185,7 @@ def rollouts(round_dir: Path, policy: str, items: list[PromptItem], n: int, opts
 
 def score_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean score of all scored samples with a bootstrap 95 % CI, and the count of unscorable ones."""
-    from meditune.evaluation.stats import bootstrap_ci
+    from meditune.stats import bootstrap_ci
 
     vals = [s for r in rows for s in r["scores"] if s is not None]
     n_all = sum(len(r["scores"]) for r in rows)

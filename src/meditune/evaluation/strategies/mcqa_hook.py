@@ -1,12 +1,12 @@
-"""Plugs the strategies into `meditune eval mcqa --strategy ...` (the registry in meditune.evaluation.mcqa)."""
+"""Plugs the CoT family (runner.py) into `meditune eval mcqa --strategy ...` (the registry in registry.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from meditune.evaluation.mcqa import StrategyContext, register_strategy
-
-from .runner import run_strategy
+from meditune.evaluation.strategies.context import StrategyContext
+from meditune.evaluation.strategies.registry import register_strategy
+from meditune.evaluation.strategies.runner import run_strategy
 
 DESCRIPTIONS = {
     "cot": "zero/few-shot chain of thought ending in 'Answer: X' (last answer parsed, bounded retries)",

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from meditune.errors import ConfigError, InputError
-from meditune.evaluation.stats import DEFAULT_RESAMPLES, bootstrap_ci, wilson_ci
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.io import append_jsonl, hash_obj, iter_jsonl, write_json, write_jsonl
 from meditune.records import LETTERS, MCQItem, read_records
+from meditune.stats import DEFAULT_RESAMPLES, bootstrap_ci, wilson_ci
 
 from .cot import (
     PROMPT_VERSION,

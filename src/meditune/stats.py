@@ -1,9 +1,11 @@
-"""Confidence intervals shared by every evaluation: percentile bootstrap, paired bootstrap, Wilson."""
+"""Confidence intervals shared by every part (scoring, training, prefs, evaluation, report): percentile bootstrap,
+paired bootstrap, Wilson."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -46,7 +48,9 @@ def wilson_ci(successes: int, n: int, *, confidence: float = 0.95) -> tuple[floa
     """Wilson score interval of a proportion (good for small n and rates near 0 or 1)."""
     if n == 0:
         return (float("nan"), float("nan"))
-    z = {0.90: 1.6448536, 0.95: 1.9599640, 0.99: 2.5758293}.get(confidence, 1.9599640)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf((1 + confidence) / 2)  # two-sided normal quantile: 1.95996... for 0.95
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
