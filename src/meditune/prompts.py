@@ -1,7 +1,10 @@
-"""Multiple-choice prompt templates (matching lm-evaluation-harness tasks) and context/continuation rendering.
+"""The one rendering of a multiple-choice item as a prompt: named templates (lm-eval's task prompts, the chat
+turns meditune's training, preference and strategy code send) and lm-eval's context/continuation rendering.
 
-A rendered question is a context string plus one continuation string per option, built the way lm-eval's
-`fewshot_context` + `construct_requests` build them, so log-likelihoods can be compared number for number.
+`render_mcq(item, template)` is the question text every part sends (data export, generation requests, rs/idpo
+rollouts, preference collection, CoT strategies); `PromptBuilder` adds shots, the task description and the chat
+template the way lm-eval's `fewshot_context` + `construct_requests` do, so log-likelihoods compare number for
+number.
 """
 
 from __future__ import annotations
@@ -18,27 +21,36 @@ from meditune.records import MCQItem
 ChoicesMode = Literal["letters", "full"]
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default fewshot_delimiter
+PLACEHOLDERS = ("question", "options", "context", "subject")  # what a custom template may use
 
 
 @dataclass(frozen=True)
 class Template:
-    """How one question is written: a format string over {question} {options} {context} {subject}."""
+    """How one question is written: a format string over {question} {options} {context} {subject}, plus
+    {letters} ("A, B, C, D") and {context_block} (`context_block` filled in, only when the item has a context)."""
 
     name: str
     text: str
     description: str = ""  # goes first (plain) or into the system turn (chat), as lm-eval's `description`
     choices: ChoicesMode = "letters"
     mode: Literal["loglik", "generative"] = "loglik"
-    strip_question: bool = False  # lm-eval's mmlu/cmmlu/kormedmcqa templates use question.strip()
+    strip: tuple[str, ...] = ()  # fields written .strip()ped (lm-eval's mmlu/cmmlu/kormedmcqa strip the question)
+    context_block: str = ""  # e.g. "Context: {context}\n\n": what {context_block} becomes for an item with context
     lm_eval_task: str | None = None  # the lm-eval task whose prompt this reproduces
 
     def render_question(self, item: MCQItem) -> str:
         """The question block of one item (no shots, no description, no chat template)."""
-        question = item.question.strip() if self.strip_question else item.question
-        options = "\n".join(f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options, strict=True))
+        def part(field: str, value: str) -> str:
+            return value.strip() if field in self.strip else value
+
+        question = part("question", item.question)
+        options = "\n".join(f"{letter}. {part('options', opt)}" for letter, opt in zip(item.letters, item.options,
+                                                                                      strict=True))
+        context = part("context", item.context or "")
+        block = self.context_block.format(context=context) if item.context else ""
         try:
-            return self.text.format(question=question, options=options, context=item.context or "",
-                                    subject=_subject(item))
+            return self.text.format(question=question, options=options, context=context, subject=_subject(item),
+                                    letters=", ".join(item.letters), context_block=block)
         except (KeyError, IndexError, ValueError) as e:
             raise ConfigError(f"template {self.name!r}: bad placeholder {e}; use {{question}}, {{options}}, "
                               "{context}, {subject} (double braces for literal ones)") from None
@@ -53,25 +65,47 @@ def _subject(item: MCQItem) -> str:
     return str(subject).replace("_", " ")
 
 
+COT_INSTRUCTION = ("Think step by step, then finish with a final line of the form \"Answer: X\", where X is the "
+                   "letter of the correct option ({letters}).")
+LETTER_ONLY_INSTRUCTION = "Reply with the letter of the correct option only ({letters})."
+_STRIPPED = ("question", "options", "context")
+
 TEMPLATES: dict[str, Template] = {
     t.name: t for t in [
+        # lm-eval's task prompts (log-likelihood parity, see docs/evaluation-mcqa.md)
         Template("medqa", "Question: {question}\n{options}\nAnswer:", lm_eval_task="medqa_4options"),
         Template("medmcqa", "Question: {question}\nChoices:\n{options}\nAnswer:", lm_eval_task="medmcqa"),
         Template("pubmedqa", "Abstract: {context}\nQuestion: {question}\nAnswer:", choices="full",
                  lm_eval_task="pubmedqa"),
-        Template("mmlu", "{question}\n{options}\nAnswer:", strip_question=True,
+        Template("mmlu", "{question}\n{options}\nAnswer:", strip=("question",),
                  description="The following are multiple choice questions (with answers) about {subject}.\n\n",
                  lm_eval_task="mmlu_<subject>"),
-        Template("kormedmcqa", "{question}\n{options}\n정답：", strip_question=True, mode="generative",
+        Template("kormedmcqa", "{question}\n{options}\n정답：", strip=("question",), mode="generative",
                  lm_eval_task="kormedmcqa_<doctor|nurse|pharm|dentist>"),
-        Template("cmmlu", "{question}\n{options}\n答案：", strip_question=True,
+        Template("cmmlu", "{question}\n{options}\n答案：", strip=("question",),
                  description="以下是关于{subject}的单项选择题，请直接给出正确答案的选项。\n\n",
                  lm_eval_task="cmmlu_<subject>"),
         Template("generic", "Question: {question}\n{options}\nAnswer:"),
         Template("continuation", "Question: {question}\nAnswer:", choices="full",
                  lm_eval_task="mmlu_continuation_<subject>"),
+        # the user turns meditune sends to chat models
+        Template("chat_turn", "{context_block}{question}\n\n{options}", strip=("question",),
+                 context_block="Context: {context}\n\n"),  # SFT export and generation requests
+        Template("rollout", "{context_block}{question}\n\n{options}\n\nAnswer with the letter of the correct "
+                 "option, then explain.", context_block="{context}\n\n"),  # rs / idpo sampling prompts
+        Template("prefs_question", "{context_block}{question}\n{options}",
+                 context_block="Context: {context}\n\n"),  # preference collection, scoring and pair prompts
+        Template("cot", "{context_block}{question}\n\n{options}\n\n" + COT_INSTRUCTION, strip=_STRIPPED,
+                 context_block="{context}\n\n", mode="generative"),  # CoT strategies (PROMPT_VERSION cot-v1)
+        Template("letter_only", "{context_block}{question}\n\n{options}\n\n" + LETTER_ONLY_INSTRUCTION,
+                 strip=_STRIPPED, context_block="{context}\n\n", mode="generative"),
     ]
 }
+
+
+def render_mcq(item: MCQItem, template: str | Template = "chat_turn") -> str:
+    """The text of one MCQ item under a named (or given) template: the one MCQ rendering every part calls."""
+    return (template if isinstance(template, Template) else get_template(template)).render_question(item)
 
 
 def get_template(spec: str) -> Template:
@@ -80,7 +114,7 @@ def get_template(spec: str) -> Template:
         return TEMPLATES[spec]
     if "{question}" in spec:
         names = {n for _, n, _, _ in string.Formatter().parse(spec) if n}
-        unknown = names - {"question", "options", "context", "subject"}
+        unknown = names - set(PLACEHOLDERS)
         if unknown:
             raise ConfigError(f"custom template: unknown placeholder(s) {sorted(unknown)}; "
                               "use {question}, {options}, {context}, {subject}")

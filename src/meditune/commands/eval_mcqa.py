@@ -30,9 +30,12 @@ def mcqa(
     data: str = typer.Argument(..., help="Data source spec or MCQItem JSONL."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec (default, dir, adapter, .gguf, hub id)."),
     out: Path = typer.Option(Path("runs/eval-mcqa"), "--out", "-o", help="Output directory."),
-    task: str = typer.Option(None, help="Task name in results.json (default: data file stem)."),
-    template: str = typer.Option("generic", help="medqa|medmcqa|pubmedqa|mmlu|kormedmcqa|cmmlu|generic|"
-                                                 "continuation, or a format string with {question}."),
+    task: str = typer.Option(None, help="A registered task (medqa_4options, medmcqa, pubmedqa, mmlu_medical, "
+                             "kormedmcqa, cmmlu_medical, headqa: lm-eval's loader, template and metrics), or just "
+                             "the name in results.json (default: data file stem)."),
+    template: str = typer.Option(None, help="medqa|medmcqa|pubmedqa|mmlu|kormedmcqa|cmmlu|generic|"
+                                            "continuation, or a format string with {question} (default: the "
+                                            "task's, else generic)."),
     shots: int = typer.Option(0, help="Number of few-shot examples (first n)."),
     fewshot_data: str = typer.Option(None, help="Source of few-shot examples (default: the eval data)."),
     chat: bool = typer.Option(False, "--chat/--no-chat", help="Apply the model's chat template."),

@@ -13,6 +13,7 @@ from typing import Any
 
 from meditune.errors import ConfigError, InputError
 from meditune.io import write_jsonl
+from meditune.prompts import render_mcq
 from meditune.records import (
     RECORD_TYPES,
     Chat,
@@ -28,14 +29,6 @@ from meditune.records import (
 DICT_FIELDS = ("meta", "provenance")  # JSON-encoded in HF datasets: free-form dicts do not fit one Arrow schema
 
 
-def mcq_prompt(item: MCQItem) -> str:
-    """The user turn of an MCQ: optional context, question and lettered options."""
-    parts = [f"Context: {item.context}"] if item.context else []
-    parts.append(item.question.strip())
-    parts.append("\n".join(f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options, strict=True)))
-    return "\n\n".join(parts)
-
-
 def mcq_answer(item: MCQItem) -> str:
     """The assistant turn of an MCQ: rationale when present, then the answer letter and text."""
     answer = f"Answer: {item.answer_letter}. {item.options[item.answer]}"
@@ -47,7 +40,7 @@ def to_trl_sft(rec: Record) -> dict[str, Any]:
     if isinstance(rec, Chat):
         return {"messages": rec.to_messages()}
     if isinstance(rec, MCQItem):
-        return {"messages": [{"role": "user", "content": mcq_prompt(rec)},
+        return {"messages": [{"role": "user", "content": render_mcq(rec, "chat_turn")},
                              {"role": "assistant", "content": mcq_answer(rec)}]}
     if isinstance(rec, LongFormItem):
         if not rec.reference:

@@ -14,6 +14,7 @@ from meditune.errors import ConfigError, InputError
 from meditune.evaluation.results import build_results, write_outputs
 from meditune.evaluation.strategies import StrategyContext, get_strategy
 from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY
+from meditune.evaluation.tasks import Task, get_task
 from meditune.io import iter_jsonl
 from meditune.prompts import Template, get_template
 from meditune.records import MCQItem, read_records
@@ -28,8 +29,10 @@ class MCQAOptions(BaseModel):
 
     model: str | None = Field(None, description="model spec; default: the recipe's model")
     data: str = Field(description="data source spec or path to an MCQItem JSONL")
-    task: str | None = Field(None, description="task name in results.json; default: the data file stem")
-    template: str = "generic"
+    task: str | None = Field(None, description="a registered task (medqa_4options, medmcqa, pubmedqa, mmlu_medical, "
+                             "kormedmcqa, cmmlu_medical, headqa: its loader, template and metrics), or just the "
+                             "name in results.json; default: the data file stem")
+    template: str | None = Field(None, description="default: the task's, else generic")
     shots: int = Field(0, ge=0)
     fewshot_data: str | None = None
     chat_template: bool = False
@@ -52,14 +55,20 @@ class MCQAOptions(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- loading items
 
-def load_items(spec: str, *, what: str = "data") -> list[MCQItem]:
-    """MCQItems from a meditune.data source spec, or from an MCQItem JSONL file."""
+def load_items(spec: str, *, what: str = "data", task: Task | None = None) -> list[MCQItem]:
+    """MCQItems from a meditune.data source spec, or from an MCQItem JSONL file; a task reads a plain path with
+    its loader and keeps its subjects."""
     try:
-        return _load_items(spec, what)
+        items = _load_items(spec, what, task.loader if task else None)
     except InputError as e:
         if e.field == "(record)" and "answer index" in e.reason:  # name the field a record validator checked
             raise InputError(e.reason, file=e.file, line=e.line, field="answer") from None
         raise
+    if task and task.subjects:
+        items = [it for it in items if it.subject in task.subjects]
+        if not items:
+            raise InputError(f"no items of the {task.name} subjects ({', '.join(task.subjects)})", file=spec)
+    return items
 
 
 def _looks_like_mcq_jsonl(path: Path) -> bool:
@@ -68,12 +77,14 @@ def _looks_like_mcq_jsonl(path: Path) -> bool:
     return False
 
 
-def _load_items(spec: str, what: str) -> list[MCQItem]:
+def _load_items(spec: str, what: str, loader: str | None) -> list[MCQItem]:
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".jsonl" and _looks_like_mcq_jsonl(path):
         return _check_items(read_records(path, MCQItem), spec)  # type: ignore[arg-type]
-    from meditune.data import load_source
+    from meditune.data import load_source, parse_spec
 
+    if loader and parse_spec(spec)[0] == "auto":
+        spec = f"{loader}:{spec}"
     records = list(load_source(spec))
     records = [r[1] if isinstance(r, tuple) else r for r in records]
     bad = [r for r in records if not isinstance(r, MCQItem)]
@@ -101,7 +112,8 @@ def _check_items(items: list[MCQItem], spec: str) -> list[MCQItem]:
 
 # ------------------------------------------------------------------------------------------------ the engine
 
-def _task_config(task: str, cfg: MCQAOptions, template: Template, mode: str) -> dict[str, Any]:
+def _task_config(task: str, cfg: MCQAOptions, template: Template, mode: str,
+                 registered: Task | None) -> dict[str, Any]:
     choices = cfg.choices or template.choices
     generative = mode == "generative"
     return {
@@ -114,31 +126,42 @@ def _task_config(task: str, cfg: MCQAOptions, template: Template, mode: str) -> 
         "fewshot_delimiter": "\n\n",
         "num_fewshot": cfg.shots,
         "fewshot_config": {"sampler": "first_n", "source": cfg.fewshot_data or "eval data minus the item"},
-        "metric_list": ([{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]
-                        if generative else
-                        [{"metric": m, "aggregation": "mean", "higher_is_better": True}
-                         for m in ["acc", "acc_norm"] + (["acc_per_token"] if cfg.per_token else [])]),
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                        for m in _metric_names(cfg, mode, registered)],
         **({"generation_kwargs": {"until": "see meditune.evaluation.generative.DEFAULT_STOP",
                                   "do_sample": False, "max_gen_toks": cfg.max_new_tokens}} if generative else {}),
-        "lm_eval_equivalent": template.lm_eval_task,
+        "lm_eval_equivalent": registered.lm_eval if registered else template.lm_eval_task,
         "metadata": {"version": 1.0},
     }
 
 
+def _metric_names(cfg: MCQAOptions, mode: str, registered: Task | None) -> list[str]:
+    """The direct strategy's metrics; a registered task keeps only what lm-eval reports for it."""
+    names = ["exact_match"] if mode == "generative" else ["acc", "acc_norm"] + (["acc_per_token"] if cfg.per_token
+                                                                              else [])
+    if registered is None:
+        return names
+    return [m for m in names if m in registered.metrics or m == "acc_per_token"]
+
+
 def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = None,
-                  preloaded: tuple[Any, Any] | None = None) -> dict[str, str]:
+                  preloaded: tuple[Any, Any] | None = None, label: str | None = None) -> dict[str, str]:
     """Run one evaluation and write results.json + samples.jsonl under out_dir; returns their paths.
 
-    `model` is the fallback spec when cfg.model is unset; `preloaded` = (model, tokenizer) already in memory.
+    `model` is the fallback spec when cfg.model is unset; `preloaded` = (model, tokenizer) already in memory;
+    `label` names the results when cfg.task is unset (default: the data file stem).
     """
     started = time.time()
     out = Path(out_dir)
+    registered = get_task(cfg.task)
+    cfg = cfg.model_copy(update={"template": cfg.template or (registered.template if registered else "generic"),
+                                 "task": cfg.task or label})
     template = get_template(cfg.template)
     model_spec = cfg.model or model or "default"
-    items = load_items(cfg.data)
+    items = load_items(cfg.data, task=registered)
     n_original = len(items)
     items = items[: cfg.limit] if cfg.limit else items
-    pool = load_items(cfg.fewshot_data, what="fewshot_data") if cfg.fewshot_data else items
+    pool = load_items(cfg.fewshot_data, what="fewshot_data", task=registered) if cfg.fewshot_data else items
     if cfg.shots and len(pool) < cfg.shots + (0 if cfg.fewshot_data else 1):
         raise ConfigError(f"shots={cfg.shots} but the few-shot pool has only {len(pool)} items")
     task = cfg.task or Path(cfg.data).stem
@@ -148,6 +171,9 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
     if len(samples) != len(items):
         raise RuntimeError(f"strategy {cfg.strategy!r} returned {len(samples)} samples for {len(items)} items")
     mode = ctx.extra_results.pop("mode", cfg.mode or template.mode)
+    if registered and cfg.strategy == "direct":  # report what lm-eval reports for the task
+        keep = set(_metric_names(cfg, mode, registered))
+        samples = [{**s, "metrics": {k: v for k, v in s["metrics"].items() if k in keep}} for s in samples]
     protocol = {
         "strategy": cfg.strategy, "mode": mode, "template": template.name, "choices": cfg.choices or template.choices,
         "shots": cfg.shots, "chat_template": cfg.chat_template, "system_prompt": cfg.system_prompt,
@@ -166,7 +192,7 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
                   "limit": cfg.limit, "seed": cfg.seed, "data": cfg.data, "options": cfg.model_dump(mode="json")}
     if extra["truncated"]:
         log.warning("%d items were longer than the context window and left-truncated", extra["truncated"])
-    results = build_results(task, samples, task_config=_task_config(task, cfg, template, mode),
+    results = build_results(task, samples, task_config=_task_config(task, cfg, template, mode, registered),
                             run_config=run_config, protocol=protocol, n_original=n_original,
                             num_fewshot=cfg.shots, extra=extra, seed=cfg.seed, started=started)
     paths = write_outputs(out, results, samples)

@@ -13,6 +13,7 @@ from meditune.evaluation.ner import NEROptions, evaluate_ner
 from meditune.evaluation.openqa import OpenQAOptions, evaluate_openqa
 from meditune.evaluation.pairwise import PairwiseOptions, evaluate_pairwise
 from meditune.evaluation.safety import SafetyOptions, evaluate_safety
+from meditune.evaluation.tasks import get_task
 from meditune.evaluation.toxicity import ToxicityOptions, evaluate_toxicity
 from meditune.stages import StageConfig, StageContext, stage_type
 
@@ -20,15 +21,16 @@ from meditune.stages import StageConfig, StageContext, stage_type
 INHERITED = ("system_prompt", "device", "dtype", "trust_remote_code", "seed")
 
 
-def effective_options(config: StageConfig, options_cls: type, recipe: Any) -> Any:
-    """The stage's options with unset recipe-wide settings (and model) taken from the recipe; task = stage name."""
+def effective_options(config: StageConfig, options_cls: type, recipe: Any, *, task_is_name: bool = True) -> Any:
+    """The stage's options with unset recipe-wide settings (and model) taken from the recipe; an unset task is
+    the stage name (task_is_name)."""
     values = config.model_dump(exclude={"name", "type"})
     for key in INHERITED:
         if key not in config.model_fields_set and recipe is not None and hasattr(recipe, key):
             values[key] = getattr(recipe, key)
     if not values.get("model") and recipe is not None and getattr(recipe, "model", None):
         values["model"] = recipe.model
-    if not values.get("task"):
+    if task_is_name and not values.get("task"):
         values["task"] = config.name
     return options_cls.model_validate(values)
 
@@ -42,7 +44,7 @@ class MCQAStageConfig(StageConfig, MCQAOptions):
 def estimate_mcqa(config: MCQAStageConfig, recipe: Any) -> dict[str, Any]:
     """Work of a dry run: items and forward passes."""
     try:
-        n = len(load_items(config.data))
+        n = len(load_items(config.data, task=get_task(config.task)))
     except Exception as e:  # noqa: BLE001 - a dry run reports, it does not fail on data a previous stage will write
         return {"items": f"unknown ({type(e).__name__})"}
     n = min(n, config.limit) if config.limit else n
@@ -53,7 +55,9 @@ def estimate_mcqa(config: MCQAStageConfig, recipe: Any) -> dict[str, Any]:
             "lm-eval compatible results with CIs", estimate=estimate_mcqa)
 def run_eval_mcqa(config: MCQAStageConfig, ctx: StageContext) -> dict[str, str]:
     """Evaluate and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_mcqa(effective_options(config, MCQAOptions, ctx.recipe), ctx.stage_dir)
+    # an unset task is only the results' name (a stage named like a registered task does not switch protocol)
+    opts = effective_options(config, MCQAOptions, ctx.recipe, task_is_name=False)
+    return evaluate_mcqa(opts, ctx.stage_dir, label=config.name)
 
 
 # ------------------------------------------------------------------------------------------------ open ended

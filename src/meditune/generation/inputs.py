@@ -16,6 +16,7 @@ from meditune.errors import InputError
 from meditune.generation.base import GenerationRequest, SamplingParams
 from meditune.generation.job import request_from_dict
 from meditune.io import iter_jsonl
+from meditune.prompts import render_mcq
 
 REQUEST_KEYS = {"id", "messages", "prompt", "params"}
 OUTPUT_KEYS = REQUEST_KEYS | {"model", "generations"}  # lines of a generations.jsonl (ours)
@@ -34,10 +35,8 @@ def record_messages(rec: Any) -> list[dict[str, str]]:
         return msgs
     if isinstance(rec, Preference):
         return [{"role": m.role, "content": m.content} for m in rec.prompt]
-    if isinstance(rec, MCQItem):  # the data layer's MCQ format, so generations match its SFT exports
-        from meditune.data.export import mcq_prompt
-
-        return [{"role": "user", "content": mcq_prompt(rec)}]
+    if isinstance(rec, MCQItem):  # the SFT export's user turn, so generations match training data
+        return [{"role": "user", "content": render_mcq(rec, "chat_turn")}]
     if isinstance(rec, LongFormItem):
         return [{"role": "user", "content": rec.question}]
     if isinstance(rec, SafetyItem):

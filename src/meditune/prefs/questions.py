@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meditune.errors import ConfigError
+from meditune.prompts import render_mcq
 from meditune.records import LongFormItem, MCQItem
 
 Question = LongFormItem | MCQItem
@@ -19,10 +20,9 @@ def load_questions(spec: str, limit: int | None = None) -> list[Question]:
 
 
 def question_text(item: Question) -> str:
-    """The text a generator sees: the question, plus lettered options for an MCQ item."""
+    """The text a generator sees: the question; for an MCQ item its context (a PubMedQA abstract) and options."""
     if isinstance(item, MCQItem):
-        opts = "\n".join(f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options, strict=True))
-        return f"{item.question}\n{opts}"
+        return render_mcq(item, "prefs_question")
     return item.question
 
 

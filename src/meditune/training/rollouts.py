@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.errors import ConfigError
 from meditune.io import iter_jsonl, write_jsonl
-from meditune.records import LETTERS, Chat, LongFormItem, MCQItem, Preference, Record, SafetyItem
+from meditune.prompts import render_mcq
+from meditune.records import Chat, LongFormItem, MCQItem, Preference, Record, SafetyItem
 from meditune.training.outputs import is_main_process
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,6 @@ class PromptItem:
     references: list[str] = field(default_factory=list)
     options: list[str] | None = None
     gold: int | None = None
-
-
-def mcq_prompt(item: MCQItem) -> str:
-    """The question with lettered options, asking for the letter first."""
-    opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(item.options))
-    ctx = f"{item.context}\n\n" if item.context else ""
-    return f"{ctx}{item.question}\n\n{opts}\n\nAnswer with the letter of the correct option, then explain."
 
 
 def prompt_item(rec: Record) -> PromptItem:
@@ -64,7 +58,7 @@ def prompt_item(rec: Record) -> PromptItem:
         return PromptItem(rec.id, [{"role": "user", "content": rec.request}], rec.request,
                           [rec.safe_response] if rec.safe_response else [])
     if isinstance(rec, MCQItem):
-        text = mcq_prompt(rec)
+        text = render_mcq(rec, "rollout")
         return PromptItem(rec.id, [{"role": "user", "content": text}], text, [], rec.options, rec.answer)
     raise ConfigError(f"{type(rec).__name__} records cannot be prompts")
 

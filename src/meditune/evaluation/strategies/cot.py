@@ -7,13 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
+from meditune.prompts import render_mcq
 from meditune.records import LETTERS, MCQItem
 
-PROMPT_VERSION = "cot-v1"  # bump when the wording below changes: CoT bank keys include it
+PROMPT_VERSION = "cot-v1"  # bump when the cot template (meditune.prompts) changes: CoT bank keys include it
 
-COT_INSTRUCTION = ("Think step by step, then finish with a final line of the form \"Answer: X\", where X is the "
-                   "letter of the correct option ({letters}).")
-DIRECT_INSTRUCTION = "Reply with the letter of the correct option only ({letters})."
 
 # "Answer: C", "answer is (C)", "Answer: [C]", "**Answer:** C": the word is case-insensitive, the letter is not,
 # and must not start a longer word ("Answer: Ceftriaxone" is not C).
@@ -21,37 +19,19 @@ _ANSWER_RE = re.compile(r"(?i:answer)(?:\s+(?i:is))?\s*\**\s*[:：]?\s*\**\s*[\[
 _LEADING_LETTER_RE = re.compile(r"^\W{0,3}([A-Z])(?![A-Za-z0-9])")
 
 
-def question_block(item: MCQItem) -> str:
-    """The question (with its context, if any) followed by lettered options, one per line."""
-    parts = [item.context.strip()] if item.context else []
-    parts.append(item.question.strip())
-    parts.append("\n".join(f"{letter}. {opt.strip()}" for letter, opt in zip(item.letters, item.options, strict=True)))
-    return "\n\n".join(parts)
-
-
-def _letters_hint(item: MCQItem) -> str:
-    return ", ".join(item.letters)
-
-
-def cot_user_turn(item: MCQItem) -> str:
-    """User turn of a CoT question."""
-    return f"{question_block(item)}\n\n{COT_INSTRUCTION.format(letters=_letters_hint(item))}"
-
-
 def cot_messages(item: MCQItem, shots: Sequence[tuple[MCQItem, str]] = ()) -> list[dict[str, str]]:
     """Chat messages: each shot is a (question, rationale ending in "Answer: X") exchange, then the question."""
     msgs: list[dict[str, str]] = []
     for shot_item, rationale in shots:
-        msgs.append({"role": "user", "content": cot_user_turn(shot_item)})
+        msgs.append({"role": "user", "content": render_mcq(shot_item, "cot")})
         msgs.append({"role": "assistant", "content": rationale})
-    msgs.append({"role": "user", "content": cot_user_turn(item)})
+    msgs.append({"role": "user", "content": render_mcq(item, "cot")})
     return msgs
 
 
 def direct_messages(item: MCQItem) -> list[dict[str, str]]:
     """Chat messages asking for the letter only (zero-shot, no reasoning)."""
-    return [{"role": "user",
-             "content": f"{question_block(item)}\n\n{DIRECT_INSTRUCTION.format(letters=_letters_hint(item))}"}]
+    return [{"role": "user", "content": render_mcq(item, "letter_only")}]
 
 
 def parse_cot_answer(text: str, n_options: int) -> int | None:
