@@ -67,3 +67,156 @@ def test_chat_variants_without_context_have_no_context_block(template):
     item = PUBMEDQA_LIKE.model_copy(update={"context": None})
     text = render_mcq(item, template)
     assert "Context" not in text and text.lstrip().startswith("Does aspirin")
+
+
+# ------------------------------------------------------------------------------------ answer-letter parsing
+
+def test_every_letter_parser_is_meditune_letters(monkeypatch):
+    from meditune import letters
+    from meditune.evaluation.generative import extract_choice
+    from meditune.evaluation.strategies.cot import parse_cot_answer, parse_direct_answer
+    from meditune.scoring.answer import AnswerScorer
+    from meditune.scoring.base import ScoreInput
+
+    text = "«B» Answer: C"
+    assert extract_choice(text, 4) == 2 and parse_cot_answer(text, 4) == 2  # the real protocols say C
+    # every protocol reduced to one private cue: each former parser now reads B
+    cue = letters.Cue("marker", r"«(<CLS>)»")
+    monkeypatch.setattr(letters, "PROTOCOLS", {name: (cue,) for name in letters.PROTOCOLS})
+    letters._compiled.cache_clear()
+    try:
+        assert extract_choice(text, 4) == 1  # generative MCQA (lm_eval cascade)
+        assert parse_cot_answer(text, 4) == 1  # CoT strategies
+        assert parse_direct_answer(text, 4) == 1  # letter-only strategy
+        opts = ["w", "x", "y", "z"]
+        score = AnswerScorer().score([ScoreInput("a", "q", text, options=opts, gold=1)])[0]
+        assert score.value == 1.0 and score.evidence["how"] == "marker"  # the `answer` scorer
+    finally:
+        letters._compiled.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------ reward scorer
+
+def test_every_reward_model_user_gets_the_one_reward_scorer(monkeypatch):
+    from meditune.scoring import reward
+    from meditune.scoring.registry import RewardConfig, build_scorer
+    from meditune.training import rm
+    from meditune.training.rollouts import PromptItem, RolloutOptions, make_score_fn
+
+    monkeypatch.setattr(reward.RewardScorer, "_rewards",
+                        lambda self, prompts, responses: [(float(len(r)), 3) for r in responses])
+    assert isinstance(build_scorer(RewardConfig(model="rm-dir")), reward.RewardScorer)  # prefs, `meditune score`
+    score = make_score_fn(RolloutOptions(reward_model="rm-dir"), None, "cpu")  # rs / idpo rollouts
+    assert score([PromptItem("p", [{"role": "user", "content": "q"}], "q")], ["four"]) == [4.0]
+    assert rm.RewardScorer is reward.RewardScorer  # the rm stage's held-out pairwise accuracy
+
+
+# ------------------------------------------------------------------------------------------- DAHL factory
+
+def test_hallucination_eval_builds_its_dahl_scorer_through_the_registry(monkeypatch, tmp_path):
+    from meditune.evaluation.hallucination import HallucinationOptions, evaluate_hallucination
+    from meditune.generation.base import ScriptedBackend
+    from meditune.io import read_json
+    from meditune.scoring import registry
+    from meditune.scoring.base import Score
+
+    seen = []
+
+    class Fixed:
+        name, value_range = "dahl", (0.0, 1.0)
+
+        def score(self, items):
+            return [Score(0.25) for _ in items]
+
+    def fake_dahl(cfg, backends):
+        seen.append(cfg)
+        return Fixed()
+
+    monkeypatch.setitem(registry.SCORERS, "dahl", fake_dahl)
+    opts = HallucinationOptions(data="sample:longform", limit=3, coverage="off")
+    paths = evaluate_hallucination(opts, tmp_path, backend=ScriptedBackend(lambda r, i: "An answer."))
+    res = read_json(paths["results"])
+    assert res["results"]["hallucination"]["dahl,none"] == pytest.approx(0.25)
+    assert seen[0].splitter == "sentences" and seen[0].verifier == "embedding"
+
+
+# ---------------------------------------------------------------------------------------------- embedder
+
+def test_every_embedding_goes_through_meditune_embeddings(monkeypatch):
+    import numpy as np
+
+    from meditune import embeddings
+    from meditune.evaluation.strategies.knn import KNNIndex
+    from meditune.scoring.base import ScoreInput
+    from meditune.scoring.dahl import EmbeddingVerifier
+
+    loads = []
+
+    class Fake:
+        def encode(self, texts, **kw):
+            return np.asarray([[1.0, 0.0] if "heart" in t else [0.0, 1.0] for t in texts])
+
+    def fake_model(path, device):
+        loads.append(path)
+        return Fake()
+
+    monkeypatch.setattr(embeddings, "_sentence_model", fake_model)
+    monkeypatch.setattr(embeddings, "default_embedding_model", lambda: ".")
+    verdicts = EmbeddingVerifier(0.9).verify([(ScoreInput("a", "q", "x", references=["the heart pumps"]),
+                                               "a heart fact")])  # DAHL's embedding verifier and coverage
+    assert verdicts[0][0] == "true"
+    index = KNNIndex.build([MCQItem(id="t", question="heart?", options=["a", "b"], answer=0)],
+                           embeddings.Embedder())  # kNN few-shot retrieval
+    assert index.embeddings.tolist() == [[1.0, 0.0]] and len(loads) == 3  # verifier: refs + facts; knn: 1
+
+
+# ------------------------------------------------------------------------------- results and metric CIs
+
+def test_every_results_file_summarises_metrics_with_metric_summary(monkeypatch):
+    from meditune.evaluation import open_common, results
+    from meditune.evaluation.strategies import runner
+    from meditune.evaluation.strategies.options import parse_options
+
+    calls = []
+    real = results.metric_summary
+
+    def spy(values, seed=0, **kw):
+        calls.append(kw.get("binary", False))
+        return real(values, seed, **kw)
+
+    monkeypatch.setattr(results, "metric_summary", spy)
+    monkeypatch.setattr(open_common, "metric_summary", spy)
+    monkeypatch.setattr(runner, "metric_summary", spy)
+    results.aggregate([{"metrics": {"acc": 1.0}}, {"metrics": {"acc": 0.0}}])  # MCQA results.json
+    open_common.by_group([{"metrics": {"x": 1.0}, "g": "a"}], "x", lambda s: s["g"], binary=True)  # open evals
+    row = {"correct": True, "generations": 1, "failed": 0, "retries": 0, "completion_tokens": 1, "prompt_tokens": 1,
+           "wall_s": 0.1, "pred": 0, "tie": False, "agreement": 1.0}
+    runner.summarise("cot", [row], parse_options({}), model="m", bank=None, setup_wall_s=0.0)  # strategies
+    assert calls == [False, True, False, True]
+
+
+# --------------------------------------------------------------------------------------- single definitions
+
+@pytest.mark.parametrize("definition", [
+    "def truncate_at_stop(", "def wilson_ci(", "def bootstrap_ci(", "def metric_summary(", "class RewardScorer",
+    "class Embedder", "def render_mcq(", "def explain_choice(", "def set_pad_token(", "def package_versions(",
+])
+def test_one_definition_in_the_package(definition):
+    from pathlib import Path
+
+    import meditune
+
+    src = Path(meditune.__file__).parent
+    owners = [p.relative_to(src) for p in src.rglob("*.py") if definition in p.read_text(encoding="utf-8")]
+    assert len(owners) == 1, owners
+
+
+def test_pad_tokens_are_set_only_by_models():
+    from pathlib import Path
+
+    import meditune
+
+    src = Path(meditune.__file__).parent
+    setters = [str(p.relative_to(src)) for p in src.rglob("*.py")
+               if ".pad_token = " in p.read_text(encoding="utf-8") or "pad_token_id = tok" in p.read_text()]
+    assert setters == ["models.py"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meditune.evaluation.strategies.knn import Embedder, KNNIndex, embed_cached, normalise_question, retrieve
+from meditune.embeddings import Embedder
+from meditune.evaluation.strategies.knn import KNNIndex, embed_cached, normalise_question, retrieve
 from meditune.records import MCQItem
 
 

@@ -12,11 +12,11 @@ from meditune.evaluation.strategies.cot import (
     generate_parsed,
     parse_cot_answer,
     parse_direct_answer,
-    trim_rationale,
 )
 from meditune.evaluation.strategies.shuffle import option_orders, shuffled_item, to_original
 from meditune.evaluation.strategies.vote import majority_vote
 from meditune.generation.base import GenerationRequest, SamplingParams, ScriptedBackend
+from meditune.letters import trim_rationale
 from tests.strategies_helpers import knows_marked, make_item, shown_options
 
 

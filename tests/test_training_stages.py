@@ -158,7 +158,8 @@ def test_orpo_learns(tmp_path, tiny_model_dir, toy):
 
 
 def test_rm_reports_heldout_pairwise_accuracy(tmp_path, tiny_model_dir, toy):
-    from meditune.training.rm import RewardScorer, RMStageConfig, train_rm
+    from meditune.scoring.reward import RewardScorer
+    from meditune.training.rm import RMStageConfig, train_rm
 
     cfg = RMStageConfig(name="rm", type="rm", data=str(toy[1]), method="full", max_steps=6, learning_rate=1e-3,
                         eval_fraction=0.25,

@@ -150,6 +150,15 @@ def pick_dtype(dtype: str, device: str):
         raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
+def set_pad_token(tokenizer: Any, model: Any = None) -> None:
+    """The one padding policy: a tokenizer without a pad token pads with EOS, and a model (when given) pads with
+    the tokenizer's pad id (sequence classifiers find each row's last token by it)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False):
     """Load the tokenizer of a model spec (for adapters: the adapter's own copy when saved, else the base's)."""
     from transformers import AutoTokenizer
@@ -159,8 +168,7 @@ def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False
     if rm.kind == "adapter" and not (Path(rm.path) / "tokenizer_config.json").exists():
         path = rm.base.path
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    set_pad_token(tok)
     return tok
 
 
@@ -188,6 +196,33 @@ def load_model(spec: str | ResolvedModel, *, device: str = "auto", dtype: str = 
             model = model.merge_and_unload()
     model.to(dev).eval()
     return model, load_tokenizer(rm, trust_remote_code=trust_remote_code)
+
+
+def load_classifier(path: str | Path, *, device: str = "auto", dtype: str | None = None,
+                    trust_remote_code: bool = False, num_labels: int | None = None, what: str = "classifier"):
+    """Load (sequence-classification model, tokenizer) from a local directory (a full model, or a PEFT adapter
+    merged into its base) in eval mode on the chosen device, padding set up; num_labels re-heads a base model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    adapter = (path / "adapter_config.json").exists()
+    if not (path / "config.json").exists() and not adapter:
+        raise ConfigError(f"{what} {str(path)!r}: not a model directory (no config.json)")
+    dev = pick_device(device)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = pick_dtype(dtype, dev)
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    if adapter:
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path, **kwargs).merge_and_unload()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    set_pad_token(tok, model)
+    return model.to(dev).eval(), tok
 
 
 def describe_model(spec: str) -> dict[str, Any]:

@@ -140,6 +140,6 @@ def group_differences(samples: list[dict[str, Any]], groups: list[str], seed: in
 
 
 def _summary(values: list[float], seed: int) -> dict[str, Any]:
-    from meditune.evaluation.open_common import summary
+    from meditune.evaluation.results import metric_summary
 
-    return summary(values, seed=seed)
+    return metric_summary(values, seed=seed)

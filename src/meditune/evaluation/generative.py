@@ -1,50 +1,23 @@
-"""Generative multiple choice: greedy answers to the rendered prompt, then extraction of the chosen letter.
-
-Extraction is a cascade (the first pattern that matches wins; its LAST match is taken, as lm-eval's
-kormedmcqa filter does): an explicit cue ("Answer: C", "answer is (C)", "정답: C", "정답은 C입니다",
-"答案：C"), then a letter at the very start ("C", "(C)", "C) ..."), then "C." anywhere, then a standalone
-capital letter. Only the item's own letters count (A-D for 4 options). No match = unparseable (counted).
-"""
+"""Generative multiple choice: greedy answers to the rendered prompt, then the chosen letter by
+meditune.letters' `lm_eval` cascade (as lm-eval's kormedmcqa filter; no match = unparseable, counted)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
+
+from meditune.generation.sampling import truncate_at_stop
+from meditune.letters import parse_choice
 
 # Stop strings of lm-eval's kormedmcqa task, minus "." (which would cut "C. Because..." before the letter on
 # some models; extraction handles the rest) - see docs/evaluation-mcqa.md.
 DEFAULT_STOP = ("Q:", "</s>", "<|im_end|>", "\n\n")
 
 
-@lru_cache(maxsize=32)
-def _patterns(letters: str) -> list[re.Pattern[str]]:
-    cls = f"[{letters}]"
-    cue = r"(?i:answer|correct answer|final answer)(?:\s+(?i:is))?|정답(?:은|는)?|答案(?:是|为)?"
-    return [
-        re.compile(rf"(?:{cue})\s*\**\s*[:：]?\s*\**\s*[\[\(（]?\s*({cls})(?![A-Za-z])"),
-        re.compile(rf"^\s*[\[\(（]?({cls})(?![A-Za-z])"),
-        re.compile(rf"(?<![A-Za-z])({cls})\."),
-        re.compile(rf"(?<![A-Za-z])({cls})(?![A-Za-z])"),
-    ]
-
-
 def extract_choice(text: str, n_options: int) -> int | None:
-    """0-based option index named in a generated answer, or None when no letter can be found."""
-    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_options]
-    for pattern in _patterns(letters):
-        found = pattern.findall(text)
-        if found:
-            return letters.index(found[-1])
-    return None
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut text at the first stop string (as lm-eval's `until`); returns (text, stopped)."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+    """0-based option index named in a generated answer, or None (meditune.letters, `lm_eval` cascade)."""
+    return parse_choice(text, n_options, "lm_eval")
 
 
 @dataclass

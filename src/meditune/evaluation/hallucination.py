@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from meditune.embeddings import Embedder
 from meditune.errors import ConfigError
 from meditune.evaluation.open_common import (
     OpenEvalOptions,
@@ -20,21 +21,15 @@ from meditune.evaluation.open_common import (
     by_group,
     finish,
     first_texts,
+    judge_config,
     load_records,
     run_config_of,
 )
-from meditune.generation.base import Backend, GenerationRequest, SamplingParams
+from meditune.generation.base import Backend, BackendConfig, GenerationRequest, SamplingParams
 from meditune.records import LongFormItem
 from meditune.scoring.base import ScoreInput
-from meditune.scoring.dahl import (
-    DAHL_INSTRUCTION,
-    DahlScorer,
-    EmbeddingVerifier,
-    JudgeSplitter,
-    JudgeVerifier,
-    SentenceSplitter,
-    split_sentences,
-)
+from meditune.scoring.dahl import DAHL_INSTRUCTION, split_sentences
+from meditune.scoring.registry import DahlConfig, build_scorer
 
 COVER_SYSTEM = "You are a careful medical expert. Be precise and concise."
 COVER_TEMPLATE = ("Answer:\n{answer}\n\nStatement: {statement}\n\nDoes the answer above state or clearly imply "
@@ -85,13 +80,14 @@ def evaluate_hallucination(opts: HallucinationOptions, out_dir: str | Path, *, b
     prefix = f"{opts.instruction}\n" if opts.instruction else ""
     reqs = [GenerationRequest(it.id, [{"role": "user", "content": prefix + it.question}], params) for it in items]
     answers = first_texts(gen.generate(reqs))
-    embedder = EmbeddingVerifier(opts.threshold, opts.embedding_model, device="cpu")
-    splitter = JudgeSplitter(judge_backend) if splitter_name == "judge" else SentenceSplitter()  # type: ignore[arg-type]
-    verifier = (embedder if verifier_name == "embedding"
-                else JudgeVerifier(judge_backend, grounded=verifier_name == "grounded_judge"))  # type: ignore[arg-type]
+    # the DAHL scorer of every part (meditune.scoring.registry), its judge calls going to this run's judge backend
+    dahl = DahlConfig(splitter=splitter_name, verifier=verifier_name, threshold=opts.threshold,
+                      embedding_model=opts.embedding_model, judge=judge_config(opts) or BackendConfig())
+    scorer = build_scorer(dahl, backends=lambda _cfg: judge_backend)
     inputs = [ScoreInput(it.id, it.question, text, _references(it), finish_reason=fr)
               for it, (text, fr) in zip(items, answers, strict=True)]
-    scores = DahlScorer(splitter, verifier).score(inputs)
+    scores = scorer.score(inputs)
+    embedder = Embedder(opts.embedding_model) if coverage == "embedding" else None
     cover = _coverage(items, [t for t, _ in answers], coverage, judge_backend, embedder, opts)
     samples = []
     for k, (it, (text, fr), sc) in enumerate(zip(items, answers, scores, strict=True)):
@@ -121,7 +117,7 @@ def evaluate_hallucination(opts: HallucinationOptions, out_dir: str | Path, *, b
 
 
 def _coverage(items: Sequence[LongFormItem], answers: Sequence[str], method: str, judge: Backend | None,
-              embedder: EmbeddingVerifier, opts: HallucinationOptions) -> list[tuple[dict[str, float], dict]]:
+              embedder: Embedder | None, opts: HallucinationOptions) -> list[tuple[dict[str, float], dict]]:
     """Per item ({must_have_coverage, nice_to_have_coverage}, evidence) over the statements it has."""
     out: list[tuple[dict[str, float], dict[str, Any]]] = [({}, {}) for _ in items]
     if method == "off":
@@ -142,7 +138,7 @@ def _coverage(items: Sequence[LongFormItem], answers: Sequence[str], method: str
             for n in live]
         for n, (t, _) in zip(live, first_texts(judge.generate(reqs)), strict=True):
             covered[n] = parse_yes(t)
-    elif live:
+    elif live and embedder is not None:
         items_live = sorted({asks[n][0] for n in live})
         vecs = {k: embedder.embed(split_sentences(answers[k], drop_incomplete_last=False) or [answers[k]])
                 for k in items_live}

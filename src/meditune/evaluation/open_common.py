@@ -12,11 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.errors import ConfigError, InputError
-from meditune.evaluation.results import FILTER, build_results, stderr, write_outputs
+from meditune.evaluation.results import FILTER, build_results, metric_summary, write_outputs
 from meditune.generation.base import Backend, BackendConfig, Generation, GenerationRequest
 from meditune.io import hash_obj
 from meditune.records import Record
-from meditune.stats import bootstrap_ci, wilson_ci
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +152,6 @@ def first_texts(gens: list[list[Generation]]) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------------------ summaries
 
-def summary(values: Sequence[float], *, binary: bool = False, seed: int = 0) -> dict[str, Any]:
-    """{value, ci_low, ci_high, n, stderr}: Wilson CI for 0/1 values, percentile bootstrap otherwise."""
-    n = len(values)
-    if n == 0:
-        nan = float("nan")
-        return {"value": nan, "ci_low": nan, "ci_high": nan, "n": 0, "stderr": nan}
-    mean = sum(values) / n
-    low, high = wilson_ci(int(round(sum(values))), n) if binary else bootstrap_ci(values, seed=seed)
-    return {"value": mean, "ci_low": low, "ci_high": high, "n": n, "stderr": stderr(values)}
-
-
 def by_group(samples: Iterable[dict[str, Any]], metric: str, key: Callable[[dict[str, Any]], Any], *,
              binary: bool = False, seed: int = 0) -> dict[str, dict[str, Any]]:
     """{group: summary} of one per-sample metric, groups from key(sample) (None groups are skipped)."""
@@ -173,7 +161,7 @@ def by_group(samples: Iterable[dict[str, Any]], metric: str, key: Callable[[dict
         v = s.get("metrics", {}).get(metric)
         if g is not None and v is not None:
             groups[str(g)].append(float(v))
-    return {g: summary(v, binary=binary, seed=seed) for g, v in sorted(groups.items())}
+    return {g: metric_summary(v, seed, binary=binary) for g, v in sorted(groups.items())}
 
 
 def finish(out_dir: str | Path, task: str, samples: list[dict[str, Any]], *, protocol: dict[str, Any],

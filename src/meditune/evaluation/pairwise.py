@@ -30,9 +30,9 @@ from meditune.evaluation.open_common import (
     load_records,
     make_resumable,
     run_config_of,
-    summary,
 )
 from meditune.evaluation.open_common import finish as finish_results
+from meditune.evaluation.results import metric_summary
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.io import iter_jsonl, read_json, write_jsonl
 from meditune.records import Chat, LongFormItem, SafetyItem
@@ -289,17 +289,17 @@ def evaluate_pairwise(opts: PairwiseOptions, out_dir: str | Path, *, judge: Back
     for x, y, s in battles:
         per_system[x].append(s)
         per_system[y].append(1 - s)
-    win_rate = {s: summary(v, seed=opts.seed) for s, v in per_system.items() if v}
-    head_to_head = {f"{x} vs {y}": summary([s for a, b, s in battles if (a, b) == (x, y)], seed=opts.seed)
-                    for x, y in pairs}
+    win_rate = {s: metric_summary(v, seed=opts.seed) for s, v in per_system.items() if v}
+    head_to_head = {f"{x} vs {y}": metric_summary([s for a, b, s in battles if (a, b) == (x, y)],
+                                                  seed=opts.seed) for x, y in pairs}
     protocol = {"task": "pairwise judge, both orders", "rubric": opts.rubric, "judge": str(opts.judge),
                 "answer_generation": {"max_new_tokens": opts.max_new_tokens, "temperature": opts.temperature},
                 "judge_generation": params.to_dict(),
                 "outcome": "mean of the two orders (win 1, tie 0.5, loss 0)",
                 "elo": {"method": opts.elo, "bootstrap_rounds": opts.elo_rounds, "scale": 400, "initial": 1000,
                         **({"k": opts.k_factor} if opts.elo == "online" else {"prior_ties_per_pair": 0.5})}}
-    overrides = {"position_consistency": summary([s["metrics"]["consistent"] for s in samples if s["metrics"]],
-                                                 binary=True)}
+    consistent = [s["metrics"]["consistent"] for s in samples if s["metrics"]]
+    overrides = {"position_consistency": metric_summary(consistent, binary=True)}
     return finish_results(out, opts.task or "pairwise", samples, protocol=protocol,
                           run_config=run_config_of(opts, judge_backend), overrides=overrides,
                           by_category={"elo": elo, "win_rate": win_rate, "head_to_head_score_a": head_to_head},

@@ -19,7 +19,7 @@ from typing import Any
 
 from meditune.errors import InputError
 from meditune.io import hash_obj, iter_jsonl, read_json, write_json, write_jsonl
-from meditune.stats import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
+from meditune.stats import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap, wilson_ci
 
 FILTER = "none"  # lm-eval's filter name for unfiltered metrics
 RESULTS_VERSION = 1
@@ -34,10 +34,15 @@ def stderr(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)
 
 
-def metric_summary(values: Sequence[float], seed: int = 0) -> dict[str, float]:
-    """Mean, n, standard error and 95% bootstrap CI of per-item values."""
+def metric_summary(values: Sequence[float], seed: int = 0, *, binary: bool = False,
+                   confidence: float = 0.95) -> dict[str, float]:
+    """Mean, n, standard error and CI of per-item values: Wilson for 0/1 values (binary), else percentile
+    bootstrap. The one summary of a metric (MCQA, open evaluations, strategies)."""
     n = len(values)
-    low, high = bootstrap_ci(values, seed=seed)
+    if binary:
+        low, high = wilson_ci(int(round(sum(values))), n, confidence=confidence)
+    else:
+        low, high = bootstrap_ci(values, confidence=confidence, seed=seed)
     return {"value": sum(values) / n if n else float("nan"), "n": n, "stderr": stderr(values),
             "ci_low": low, "ci_high": high}
 

@@ -27,8 +27,8 @@ from meditune.evaluation.open_common import (
     first_texts,
     load_records,
     run_config_of,
-    summary,
 )
+from meditune.evaluation.results import metric_summary
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.records import SafetyItem
 from meditune.scoring.judge import parse_judge_score
@@ -147,7 +147,8 @@ def evaluate_safety(opts: SafetyOptions, out_dir: str | Path, *, backend: Backen
     # safety_balance weights the two sets equally whatever their sizes, so it is computed from the two rates.
     hc = [s["metrics"]["harmful_compliance"] for s in samples if "harmful_compliance" in s["metrics"]]
     orf = [s["metrics"]["over_refusal"] for s in samples if "over_refusal" in s["metrics"]]
-    overrides = {"harmful_compliance": summary(hc, binary=True), "over_refusal": summary(orf, binary=True)}
+    overrides = {"harmful_compliance": metric_summary(hc, binary=True),
+                 "over_refusal": metric_summary(orf, binary=True)}
     if hc and orf:
         overrides["safety_balance"] = _balance(hc, orf, opts.seed)
     else:

@@ -55,18 +55,14 @@ class LocalClassifier:
     """A transformers sequence-classification model directory: P(toxic) = sum of the toxic labels' softmax."""
 
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, max_length: int = 256):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from meditune.models import load_classifier
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).to(device).eval()
+        self.model, self.tokenizer = load_classifier(path, device=device, what="toxicity classifier")
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
         labels = {int(i): str(n) for i, n in self.model.config.id2label.items()}
         self.toxic = [i for i, n in labels.items() if TOXIC_LABEL.search(n) and not re.search(r"non|not", n, re.I)]
         if not self.toxic:
             raise ConfigError(f"classifier {path}: no label looks toxic in id2label {labels}; rename its labels")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def probabilities(self, texts: Sequence[str]) -> list[float]:
         """P(toxic) per text."""
@@ -139,6 +135,6 @@ def evaluate_toxicity(opts: ToxicityOptions, out_dir: str | Path, *, backend: Ba
 
 
 def _rate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    from meditune.evaluation.open_common import summary
+    from meditune.evaluation.results import metric_summary
 
-    return summary([s["metrics"]["toxic"] for s in samples if "toxic" in s["metrics"]], binary=True)
+    return metric_summary([s["metrics"]["toxic"] for s in samples if "toxic" in s["metrics"]], binary=True)

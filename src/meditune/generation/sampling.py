@@ -47,8 +47,8 @@ def check_request(req: GenerationRequest) -> None:
 
 
 def truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Cut `text` at the earliest stop string; returns (text, whether a stop string was found)."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    """Cut `text` at the earliest stop string (as lm-eval's `until`); returns (text, whether one was found)."""
+    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 

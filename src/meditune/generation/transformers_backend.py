@@ -53,14 +53,13 @@ class TransformersBackend:
 
     def __init__(self, cfg: BackendConfig | None = None, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg or BackendConfig()
-        if model is None:
-            from meditune.models import load_model
+        from meditune.models import load_model, set_pad_token
 
+        if model is None:
             model, tokenizer = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
                                           trust_remote_code=self.cfg.trust_remote_code)
         self.model, self.tokenizer = model, tokenizer
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        set_pad_token(self.tokenizer)  # a tokenizer passed in (tests, strategies) may come without one
         self.batch_size = max(1, self.cfg.batch_size)
         self.eos_ids = self._eos_ids()
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)

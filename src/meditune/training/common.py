@@ -119,19 +119,17 @@ def base_model_dir(spec: str, stage_dir: Path, trust_remote_code: bool = False) 
 
 
 def load_causal_lm(path: str, s: Settings):
-    """(model, tokenizer) ready for training: safetensors only, pad token set, on the chosen device."""
+    """(model, tokenizer) ready for training: safetensors only, pad token set, in the chosen dtype (the trainer
+    places it on its device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from meditune.models import pick_device, pick_dtype
+    from meditune.models import pick_device, pick_dtype, set_pad_token
 
     dev = pick_device(s.device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(s.dtype, dev), use_safetensors=True,
                                                  trust_remote_code=s.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=s.trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.pad_token_id
+    set_pad_token(tok, model)
     return model, tok
 
 

@@ -1,17 +1,16 @@
 """Reward model: a sequence-classification head trained on preference pairs (Bradley-Terry loss via TRL),
-with pairwise accuracy on a held-out split; RewardScorer scores (prompt, response) pairs for rs/idpo."""
+with pairwise accuracy on a held-out split (scored by meditune.scoring.reward.RewardScorer, the one reward
+scorer, which rs/idpo also use)."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from meditune.chat import render_chat
-from meditune.errors import ConfigError
 from meditune.io import write_json
+from meditune.scoring.reward import RewardScorer
 from meditune.stages import StageContext
 from meditune.stats import wilson_ci
 from meditune.training.common import (
@@ -35,46 +34,6 @@ class RMStageConfig(TrainOptions):
     center_rewards_coefficient: float | None = None
 
 
-class RewardScorer:
-    """Scores responses to chat prompts with a saved reward model (higher is better)."""
-
-    def __init__(self, path: str | Path, *, device: str = "auto", system_prompt: str | None = None,
-                 batch_size: int = 8, max_length: int = 1024, model: Any = None, tokenizer: Any = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from meditune.models import pick_device
-
-        self.device = pick_device(device)
-        if model is None:
-            p = Path(path)
-            if not (p / "config.json").exists():
-                raise ConfigError(f"reward model {p} has no config.json (use the 'merged' output of an rm stage)")
-            model = AutoModelForSequenceClassification.from_pretrained(p, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(p)
-        self.model, self.tok = model.to(self.device).eval(), tokenizer
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        self.system_prompt, self.batch_size, self.max_length = system_prompt, batch_size, max_length
-
-    def texts(self, prompts: list[list[dict[str, str]]], responses: list[str]) -> list[str]:
-        """The rendered conversations the reward model reads."""
-        return [render_chat(self.tok, [*p, {"role": "assistant", "content": r}], system_prompt=self.system_prompt,
-                            add_generation_prompt=False) for p, r in zip(prompts, responses, strict=True)]
-
-    def __call__(self, prompts: list[list[dict[str, str]]], responses: list[str]) -> list[float]:
-        """One reward per (prompt messages, response)."""
-        import torch
-
-        texts, out = self.texts(prompts, responses), []
-        self.tok.padding_side = "right"
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True, truncation=True,
-                           max_length=self.max_length, add_special_tokens=False).to(self.device)
-            with torch.no_grad():
-                out += self.model(**enc).logits[:, 0].float().cpu().tolist()
-        return out
-
-
 def pairwise_accuracy(scorer: RewardScorer, records: list[Any]) -> dict[str, Any]:
     """Share of held-out pairs where the chosen answer outscores the rejected one, with a Wilson 95 % CI."""
     prompts = [[m.model_dump() for m in r.prompt] for r in records]
@@ -87,26 +46,30 @@ def pairwise_accuracy(scorer: RewardScorer, records: list[Any]) -> dict[str, Any
             "mean_margin": sum(c - rj for c, rj in zip(chosen, rejected, strict=True)) / len(records)}
 
 
+def _scorer(model: Any, tok: Any, system_prompt: str | None, max_length: int) -> RewardScorer:
+    """The reward scorer over the model being trained (in memory, eval mode)."""
+    return RewardScorer("(training)", system_prompt=system_prompt, max_length=max_length,
+                        loaded=(model.eval(), tok))
+
+
 def train_rm(cfg: RMStageConfig, ctx: StageContext) -> dict[str, str]:
     """Train the reward model and report held-out pairwise accuracy; returns the stage outputs."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from meditune.models import pick_device, pick_dtype
+    from meditune.models import pick_device, pick_dtype, set_pad_token
 
     s = settings(cfg, ctx.recipe)
     data = cfg.data[0] if isinstance(cfg.data, list) else cfg.data
     recs = load_records(data, PREF_KINDS)
     base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir, s.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     dev = pick_device(s.device)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, use_safetensors=True,
                                                                dtype=pick_dtype(s.dtype, dev),
                                                                trust_remote_code=s.trust_remote_code)
-    model.config.pad_token_id = tok.pad_token_id
+    set_pad_token(tok, model)
     if cfg.eval_data:
         train_recs, held = recs, load_records(cfg.eval_data, PREF_KINDS)
     else:
@@ -121,14 +84,12 @@ def train_rm(cfg: RMStageConfig, ctx: StageContext) -> dict[str, str]:
                             peft_config=peft, callbacks=[curves])
     acc = None
     if held:
-        scorer = RewardScorer("", device=dev, system_prompt=s.system_prompt, max_length=cfg.max_length,
-                              model=trainer.model, tokenizer=tok)
-        before = pairwise_accuracy(scorer, held)["value"]
+        before = pairwise_accuracy(_scorer(trainer.model.to(dev), tok, s.system_prompt, cfg.max_length),
+                                   held)["value"]
     outs, summary = train_and_save(trainer, tok, cfg, s, ctx.stage_dir, stage="rm", base_spec=base_spec,
                                    curves=curves, n_train=len(rows), save_merged=True)
     if held:
-        scorer.model = trainer.model.eval()
-        acc = pairwise_accuracy(scorer, held)
+        acc = pairwise_accuracy(_scorer(trainer.model, tok, s.system_prompt, cfg.max_length), held)
         acc["value_before_training"] = before
         trainer.model.train()
     if is_main_process():

