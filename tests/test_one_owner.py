@@ -220,3 +220,51 @@ def test_pad_tokens_are_set_only_by_models():
     setters = [str(p.relative_to(src)) for p in src.rglob("*.py")
                if ".pad_token = " in p.read_text(encoding="utf-8") or "pad_token_id = tok" in p.read_text()]
     assert setters == ["models.py"]
+
+
+# ------------------------------------------------------------------------------------ resumable shards
+
+def test_every_resumable_loop_appends_through_meditune_shards(monkeypatch, tmp_path, tiny_model_dir):
+    from meditune import shards
+    from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
+    from meditune.evaluation.open_common import ResumableBackend
+    from meditune.evaluation.strategies import run_strategy
+    from meditune.evaluation.strategies.cot_bank import build_cot_bank
+    from meditune.generation.base import GenerationRequest, ScriptedBackend
+    from meditune.generation.cache import GenerationCache
+    from meditune.generation.job import run_job
+    from meditune.prefs.build import score_answers
+    from meditune.prefs.collect import CollectSettings, GeneratorConfig, collect
+    from meditune.records import write_records
+    from meditune.scoring.answer import AnswerScorer
+
+    written: list[str] = []
+    for cls in (shards.Shard, shards.ShardDir):
+        real = cls.add
+
+        def add(self, rows, *args, _real=real, **kw):
+            rows = list(rows)
+            written.append(f"{type(self).__name__}:{self.path.parent.name}/{self.path.name}")
+            return _real(self, rows, *args, **kw)
+
+        monkeypatch.setattr(cls, "add", add)
+
+    items = [MCQItem(id=f"q{i}", question=f"Question {i}?", options=["a", "b", "c"], answer=i % 3) for i in range(3)]
+    answer_b = ScriptedBackend(lambda req, i: "Answer: B")
+    write_records(tmp_path / "items.jsonl", items)
+    evaluate_mcqa(MCQAOptions(data=str(tmp_path / "items.jsonl"), device="cpu"), tmp_path / "mcqa",
+                  model=str(tiny_model_dir))  # the direct strategy
+    run_strategy("cot", items, answer_b, {}, tmp_path / "cot", save=False)  # strategies
+    build_cot_bank(items, answer_b, tmp_path / "bank" / "bank.jsonl", model="m")  # the CoT bank
+    reqs = [GenerationRequest(it.id, [{"role": "user", "content": it.question}]) for it in items]
+    run_job(reqs, answer_b, tmp_path / "job", model={"m": 1}, cache=GenerationCache(tmp_path / "cache"),
+            progress=False)  # generation jobs and the generation cache
+    ResumableBackend(lambda: answer_b, tmp_path / "judge", {"m": 2}, "judge").generate(reqs)  # open evals
+    answers = collect(items, [GeneratorConfig(name="g")], CollectSettings(), tmp_path / "answers",
+                      lambda cfg: answer_b)  # preference answers
+    score_answers({it.id: it for it in items}, answers["g"], AnswerScorer(), tmp_path / "scores.jsonl")
+    assert written == ["Shard:mcqa/samples.partial.jsonl", f"Shard:cot/{written[1].split('/')[1]}",
+                       "Shard:bank/bank.jsonl", "ShardDir:shards/shard-00000.jsonl", "ShardDir:cache/"
+                       + written[4].split("/")[1], "ShardDir:shards/shard-00000.jsonl", "Shard:answers/g.jsonl",
+                       f"Shard:{tmp_path.name}/scores.jsonl"]
+    assert written[1].startswith("Shard:cot/.strategy-cot-") and written[4].startswith("ShardDir:cache/entries-")

@@ -1,21 +1,21 @@
 """An on-disk cache of generations keyed by (model, request content, sampling params incl. seed and n).
 
-Layout: a directory of append-only JSONL shards `entries-<time>-<pid>.jsonl`, one per writing process, so
-concurrent writers never interleave and a write killed mid-line leaves a torn tail only at the end of its own
-shard (skipped on read). The request id is not part of the key: the same chat with the same params is the
+Layout: a directory of append-only JSONL shards `entries-<time>-<pid>.jsonl`, one per writing process
+(meditune.shards.ShardDir), so concurrent writers never interleave and a write killed mid-line leaves a torn tail
+only at the end of its own shard (skipped on read). The request id is not part of the key: the same chat with the same params is the
 same work whatever it is called.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from meditune.generation.base import Backend, BackendConfig, Generation, GenerationRequest
-from meditune.io import append_jsonl, hash_obj, iter_jsonl
+from meditune.io import hash_obj
+from meditune.shards import ShardDir
 
 
 def model_key(cfg: BackendConfig) -> dict[str, Any]:
@@ -59,23 +59,18 @@ class GenerationCache:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._entries: dict[str, list[dict[str, Any]]] = {}
-        for shard in sorted(self.root.glob("entries-*.jsonl")):
-            for _, obj in iter_jsonl(shard, tolerate_torn_tail=True):
-                self._entries[obj["key"]] = obj["generations"]
-        self._shard = self.root / f"entries-{time.time_ns()}-{os.getpid()}.jsonl"
+        self._shards = ShardDir(self.root, prefix="entries", key="key")  # one writer file per process
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._shards.done)
 
     def get(self, key: str, request_id: str) -> list[Generation] | None:
         """The cached generations of a key, relabelled with `request_id`; None on a miss."""
-        gens = self._entries.get(key)
-        if gens is None:
+        entry = self._shards.done.get(key)
+        if entry is None:
             return None
         return [Generation(request_id=request_id, **{k: v for k, v in g.items() if k != "request_id"})
-                for g in gens]
+                for g in entry["generations"]]
 
     def put(self, items: Sequence[tuple[str, list[Generation]]]) -> None:
         """Store generations (one fsynced append for the whole batch)."""
@@ -84,10 +79,8 @@ class GenerationCache:
             dicts = [{k: v for k, v in g.to_dict().items() if k != "request_id"} for g in gens]
             if any(g["finish_reason"] == "error" for g in dicts):
                 continue  # errors are not results: retry them next time
-            self._entries[key] = dicts
             rows.append({"key": key, "generations": dicts})
-        if rows:
-            append_jsonl(self._shard, rows)
+        self._shards.add(rows)
 
 
 class CachedBackend:

@@ -5,8 +5,9 @@ Layout of a job directory:
   shards/shard-N.jsonl one shard per run of the job, one line per finished request, appended unit by unit
   generations.jsonl   the merged result in input order, written atomically when every request is done
 
-Exactly-once: a run never appends to an older shard (a torn last line stays at the end of its own shard and is
-skipped), a request counts as done when its line is complete, and the merge keeps one line per id.
+Exactly-once (meditune.shards.ShardDir): a run never appends to an older shard (a torn last line stays at the end
+of its own shard and is skipped), a request counts as done when its line is complete, and the merge keeps one
+line per id.
 Reproducibility: requests are cut into fixed units of `unit_size` in input order and a unit is always generated
 as a whole (finished ids are dropped when writing), so a resumed job batches exactly like an uninterrupted one.
 """
@@ -24,7 +25,8 @@ from typing import Any
 from meditune.errors import ConfigError, InputError
 from meditune.generation.base import Backend, Generation, GenerationRequest, SamplingParams
 from meditune.generation.cache import GenerationCache, request_key
-from meditune.io import append_jsonl, hash_obj, iter_jsonl, read_json, write_json, write_jsonl
+from meditune.io import hash_obj, write_jsonl
+from meditune.shards import ShardDir, check_identity
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +102,6 @@ def _job_identity(requests: Sequence[GenerationRequest], model: dict[str, Any], 
             "unit_size": unit_size}
 
 
-def _done_records(shards: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    for shard in sorted(shards.glob("shard-*.jsonl")):
-        for _, obj in iter_jsonl(shard, tolerate_torn_tail=True):
-            done[obj["id"]] = obj
-    return done
-
-
 def _lock(out_dir: Path):
     """An exclusive lock on the job directory: two processes appending to one job would waste work."""
     import fcntl
@@ -121,9 +115,10 @@ def _lock(out_dir: Path):
     return f
 
 
-def _next_shard(shards: Path) -> int:
+def _next_shard(shards: Path) -> str:
+    """The number of this run's own shard: one past the highest on disk."""
     nums = [int(p.stem.split("-")[1]) for p in shards.glob("shard-*.jsonl") if p.stem.split("-")[1].isdigit()]
-    return max(nums, default=-1) + 1
+    return f"{max(nums, default=-1) + 1:05d}"
 
 
 def _record(req: GenerationRequest, gens: list[Generation], label: str) -> dict[str, Any]:
@@ -151,16 +146,13 @@ def run_job(requests: Sequence[GenerationRequest], backend: Backend | Callable[[
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"duplicate request id {dup!r}: ids must be unique to resume", field="id")
-    shards = out_dir / "shards"
-    shards.mkdir(parents=True, exist_ok=True)
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)  # noqa: F841 - held (and released by the OS even on SIGKILL) until we return
-    identity = _job_identity(requests, model, unit_size)
-    meta = out_dir / "job.json"
-    if meta.exists() and read_json(meta) != identity:
-        raise ConfigError(f"{out_dir} holds a different generation job (other model, requests or unit size); "
-                          "choose another output directory or remove it")
-    write_json(meta, identity)
-    done = _done_records(shards)
+    check_identity(out_dir / "job.json", _job_identity(requests, model, unit_size), on_mismatch="refuse",
+                   refusal=f"{out_dir} holds a different generation job (other model, requests or unit size); "
+                           "choose another output directory or remove it")
+    shards = ShardDir(out_dir / "shards", prefix="shard", writer=_next_shard(out_dir / "shards"))
+    done = shards.done
     resumed = sum(1 for i in ids if i in done)
     units = [list(requests[i:i + unit_size]) for i in range(0, len(requests), unit_size)]
     todo_units = [u for u in units if any(r.id not in done for r in u)]
@@ -168,7 +160,6 @@ def run_job(requests: Sequence[GenerationRequest], backend: Backend | Callable[[
     gen_s = 0.0
     if todo_units:
         inner = backend() if callable(backend) and not hasattr(backend, "generate") else backend
-        shard = shards / f"shard-{_next_shard(shards):05d}.jsonl"
         with _Progress(progress, total=len(requests), done=resumed) as bar:
             for unit in todo_units:
                 keys = [request_key(model, r) for r in unit] if cache is not None else []
@@ -183,17 +174,15 @@ def run_job(requests: Sequence[GenerationRequest], backend: Backend | Callable[[
                     gen_s += time.perf_counter() - t0
                     generated += len(unit)
                 rows = [_record(r, g, label) for r, g in zip(unit, results, strict=True) if r.id not in done]
-                append_jsonl(shard, rows)
+                shards.add(rows)
                 if cache is not None and results is not hits:
                     cache.put(list(zip(keys, results, strict=True)))
-                for row in rows:
-                    done[row["id"]] = row
                 new_tokens = sum(g["completion_tokens"] for row in rows for g in row["generations"])
                 tokens += new_tokens
                 bar.advance(len(rows), new_tokens)
     path = out_dir / OUTPUT_NAME
     n = write_jsonl(path, (done[i] for i in ids))
-    return JobResult(path, shards, n, generated, cached, resumed, tokens, time.perf_counter() - start, gen_s)
+    return JobResult(path, shards.dir, n, generated, cached, resumed, tokens, time.perf_counter() - start, gen_s)
 
 
 class _Progress:

@@ -11,14 +11,8 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from meditune import __version__
-from meditune.io import append_jsonl, iter_jsonl, write_json, write_jsonl, write_text
-from meditune.prefs.collect import (
-    CollectSettings,
-    GeneratorConfig,
-    build_messages,
-    check_same_config,
-    collect,
-)
+from meditune.io import write_json, write_jsonl, write_text
+from meditune.prefs.collect import CollectSettings, GeneratorConfig, build_messages, collect
 from meditune.prefs.datacard import histogram, license_of, mean_ci, render_markdown
 from meditune.prefs.pairing import Candidate, PairingConfig, pair_all
 from meditune.prefs.questions import Question, load_questions, question_text, references
@@ -33,6 +27,7 @@ from meditune.scoring.registry import (
     build_scorer,
     default_backend_factory,
 )
+from meditune.shards import Shard, check_identity
 from meditune.stages import StageConfig
 
 log = logging.getLogger(__name__)
@@ -74,20 +69,16 @@ def score_input(item: Question, answer: dict[str, Any]) -> ScoreInput:
 
 def score_answers(items_by_id: dict[str, Question], answers: list[dict[str, Any]], scorer: Scorer, path: Path,
                   chunk_size: int = 64) -> dict[str, Score]:
-    """Scores by answer id; appended to `path` chunk by chunk and reused on restart."""
-    done: dict[str, Score] = {}
-    if path.exists():
-        for _, row in iter_jsonl(path, tolerate_torn_tail=True):
-            done[row["answer_id"]] = Score.from_dict(row)
-        if not path.read_bytes().endswith(b"\n"):
-            write_jsonl(path, ({"answer_id": k, **s.to_dict()} for k, s in done.items()))
+    """Scores by answer id; appended to `path` (a meditune.shards.Shard) chunk by chunk and reused on restart."""
+    shard = Shard(path, key="answer_id")
+    done = {k: Score.from_dict(row) for k, row in shard.done.items()}
     todo = [a for a in answers if a["id"] not in done]
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
         scores = scorer.score([score_input(items_by_id[a["question_id"]], a) for a in chunk])
         rows = [{"answer_id": a["id"], "question_id": a["question_id"], "generator": a["generator"], **s.to_dict()}
                 for a, s in zip(chunk, scores, strict=True)]
-        append_jsonl(path, rows)
+        shard.add(rows)
         done.update((a["id"], s) for a, s in zip(chunk, scores, strict=True))
         log.info("scored %d / %d answers", min(start + chunk_size, len(todo)), len(todo))
     return done
@@ -106,7 +97,7 @@ def build_preferences(cfg: PrefsStageConfig, out_dir: Path, *, backends: Backend
     # Question-major order: an interrupted scoring run has finished whole questions, all generators each.
     all_answers = sorted((a for rows in answers.values() for a in rows), key=lambda a: order[a["question_id"]])
     scorer = build_scorer(cfg.scorer, backends)
-    check_same_config(out_dir / "scores.config.json", cfg.scorer.model_dump())
+    check_identity(out_dir / "scores.config.json", cfg.scorer.model_dump())  # refuse scores of another scorer
     scores = score_answers(by_id, all_answers, scorer, out_dir / "scores.jsonl", cfg.score_chunk_size)
     t_score = time.time()
 

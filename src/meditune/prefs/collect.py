@@ -1,12 +1,11 @@
 """Collection: N generators (any backend, any mix) answer every question with the DAHL instruction; resumable.
 
-Answers go to answers/<generator>.jsonl, appended chunk by chunk; a restarted run skips questions whose
-answers are already on disk (a torn last line from a killed write is ignored).
+Answers go to answers/<generator>.jsonl (a meditune.shards.Shard), appended chunk by chunk; a restarted run
+skips questions whose answers are already on disk (a torn last line from a killed write is cut off).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -16,10 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
-from meditune.io import append_jsonl, iter_jsonl
 from meditune.prefs.questions import Question, question_text
 from meditune.scoring.dahl import DAHL_INSTRUCTION, DAHL_SAMPLING
 from meditune.scoring.registry import BackendFactory
+from meditune.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +67,6 @@ def generator_label(gen: GeneratorConfig, index: int, taken: set[str]) -> str:
     return label
 
 
-def check_same_config(path: Path, config: dict[str, Any]) -> None:
-    """Refuse to resume from files written under another configuration (stale answers or scores)."""
-    from meditune.errors import ConfigError
-    from meditune.io import read_json, write_json
-
-    if path.exists() and read_json(path) != json.loads(json.dumps(config, default=str)):
-        raise ConfigError(f"{path.parent} holds results of another configuration ({path.name} differs); "
-                          "use another output directory or remove it")
-    write_json(path, config)
-
-
 def answer_id(question_id: str, generator: str, sample: int) -> str:
     return f"{question_id}|{generator}|{sample}"
 
@@ -91,10 +79,6 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
     result: dict[str, list[dict[str, Any]]] = {}
     for gi, gen in enumerate(generators):
         label = generator_label(gen, gi, taken)
-        path = out_dir / f"{label}.jsonl"
-        done = {row["id"]: row for _, row in iter_jsonl(path, tolerate_torn_tail=True)} if path.exists() else {}
-        if path.exists():
-            _rewrite_without_torn_tail(path, done)
         n = gen.samples or settings.samples
         params = SamplingParams(
             temperature=settings.temperature if gen.temperature is None else gen.temperature,
@@ -102,9 +86,11 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
             max_new_tokens=settings.max_new_tokens if gen.max_new_tokens is None else gen.max_new_tokens,
             n=n, seed=seed)
         instruction = settings.instruction if gen.instruction is None else gen.instruction
-        check_same_config(out_dir / f"{label}.config.json", {
+        # answers of an earlier (killed) run, refused when written under another configuration
+        shard = Shard(out_dir / f"{label}.jsonl", identity_path=out_dir / f"{label}.config.json", identity={
             "backend": gen.backend_config().model_dump(), "params": params.to_dict(), "instruction": instruction,
-            "placement": settings.instruction_placement})
+            "placement": settings.instruction_placement}, on_mismatch="refuse")
+        done = shard.done
         todo = [it for it in items if any(answer_id(it.id, label, k) not in done for k in range(n))]
         if todo:
             log.info("generator %s: %d of %d questions to answer", label, len(todo), len(items))
@@ -122,18 +108,8 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
                                      "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
                                      "completion_tokens": g.completion_tokens, "messages": req.messages,
                                      "params": params.to_dict()})
-                append_jsonl(path, rows)
-                done.update((r["id"], r) for r in rows)
+                shard.add(rows)
         order = {it.id: i for i, it in enumerate(items)}
         result[label] = sorted((r for r in done.values() if r["question_id"] in order),
                                key=lambda r: (order[r["question_id"]], r["sample"]))
     return result
-
-
-def _rewrite_without_torn_tail(path: Path, done: dict[str, dict[str, Any]]) -> None:
-    """Drop a torn last line (a killed append) so the next append starts on a fresh line."""
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        from meditune.io import write_jsonl
-
-        write_jsonl(path, done.values())

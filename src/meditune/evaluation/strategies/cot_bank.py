@@ -7,16 +7,17 @@ resumes where it stopped and a finished one is reused; changing the model, promp
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meditune.errors import InputError
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
-from meditune.io import append_jsonl, hash_obj, iter_jsonl
+from meditune.io import hash_obj
 from meditune.letters import trim_rationale
 from meditune.records import MCQItem, parse_record
+from meditune.shards import Shard, read_shard
 
 from .cot import PROMPT_VERSION, RetryPolicy, cot_messages, generate_parsed
 
@@ -58,30 +59,14 @@ def bank_key(model: str, params: SamplingParams, item: MCQItem) -> str:
                      "item": item.model_dump(mode="json", include={"question", "options", "answer", "context"})})
 
 
-def repair_torn_tail(path: Path) -> None:
-    """Cut a last line without newline (a write killed mid-line) so appends start on a fresh line."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    keep = data.rfind(b"\n") + 1
-    with open(path, "r+b") as f:
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _load_attempts(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    for line, row in iter_jsonl(path, tolerate_torn_tail=True):
+def _attempt(path: Path) -> Callable[[int, Any], dict]:
+    """A bank row parser naming the file and line of a malformed row."""
+    def parse(line: int, row: Any) -> dict:
         if not isinstance(row, dict) or "key" not in row or "item" not in row:
             raise InputError("not a CoT bank row (needs 'key' and 'item')", file=path, line=line)
-        row["item"] = parse_record(MCQItem, row["item"], file=path, line=line)
-        done[row["key"]] = row
-    return done
+        return {**row, "item": parse_record(MCQItem, row["item"], file=path, line=line)}
+
+    return parse
 
 
 def build_cot_bank(items: Sequence[MCQItem], backend: Backend, path: str | Path, *, model: str,
@@ -89,10 +74,8 @@ def build_cot_bank(items: Sequence[MCQItem], backend: Backend, path: str | Path,
                    policy: RetryPolicy = RetryPolicy(), chunk_size: int = 16,
                    progress: Callable[[int, int], None] | None = None) -> CotBank:
     """Generate a zero-shot CoT for every training item (resuming from `path`); keep those reaching gold."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    repair_torn_tail(path)
-    done = _load_attempts(path)
+    shard = Shard(path, key="key", parse=_attempt(Path(path)))
+    done = shard.done
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     keys = [bank_key(model, params, it) for it in items]
     todo = [(it, key) for it, key in zip(items, keys, strict=True) if key not in done]
@@ -109,10 +92,7 @@ def build_cot_bank(items: Sequence[MCQItem], backend: Backend, path: str | Path,
                          "rationale": trim_rationale(smp.text, len(it.options)) if correct else None,
                          "raw": smp.text, "retries": smp.retries, "completion_tokens": smp.completion_tokens,
                          "item": it.model_dump(mode="json", exclude_none=True)})
-        append_jsonl(path, rows)
-        for row in rows:
-            row["item"] = MCQItem.model_validate(row["item"])
-            done[row["key"]] = row
+        shard.add(rows, [{**row, "item": MCQItem.model_validate(row["item"])} for row in rows])
         log.info("CoT bank: %d/%d new attempts done", min(start + chunk_size, len(todo)), len(todo))
         if progress:
             progress(min(start + chunk_size, len(todo)), len(todo))
@@ -120,13 +100,13 @@ def build_cot_bank(items: Sequence[MCQItem], backend: Backend, path: str | Path,
     entries = [BankEntry(row["item"], row["rationale"]) for row in attempts if row["correct"] and row["rationale"]]
     log.info("CoT bank %s: %d of %d attempts kept (%d reused)", path, len(entries), len(attempts), reused)
     return CotBank(entries, attempted=len(attempts), reused=reused,
-                   completion_tokens=sum(int(r.get("completion_tokens", 0)) for r in attempts), path=path)
+                   completion_tokens=sum(int(r.get("completion_tokens", 0)) for r in attempts), path=shard.path)
 
 
 def load_cot_bank(path: str | Path) -> CotBank:
     """The kept entries of an existing bank file (no generation), e.g. one built by an earlier run."""
     path = Path(path)
-    attempts = list(_load_attempts(path).values())
+    attempts = list({row["key"]: row for row in read_shard(path, parse=_attempt(path))}.values())
     entries = [BankEntry(r["item"], r["rationale"]) for r in attempts if r.get("correct") and r.get("rationale")]
     return CotBank(entries, attempted=len(attempts), reused=len(attempts),
                    completion_tokens=sum(int(r.get("completion_tokens", 0)) for r in attempts), path=path)

@@ -11,9 +11,10 @@ from typing import Any
 from meditune.errors import ConfigError
 from meditune.evaluation.strategies.context import StrategyContext
 from meditune.evaluation.strategies.registry import register_strategy
-from meditune.io import append_jsonl, hash_obj, iter_jsonl, read_json, write_json, write_jsonl
+from meditune.io import hash_obj
 from meditune.prompts import PromptBuilder, Template, pick_shots
 from meditune.records import MCQItem
+from meditune.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -23,29 +24,6 @@ PARTIAL_KEY = "samples.partial.key.json"
 
 def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # first index on ties, as numpy
-
-
-class _Shard:
-    """Append-only samples of an interrupted run, valid only for the same settings (key)."""
-
-    def __init__(self, work_dir: Path, key: str):
-        self.path, self.key_path = work_dir / PARTIAL, work_dir / PARTIAL_KEY
-        work_dir.mkdir(parents=True, exist_ok=True)
-        self.done: dict[str, dict[str, Any]] = {}
-        if self.path.exists() and self.key_path.exists() and read_json(self.key_path).get("key") == key:
-            for _, obj in iter_jsonl(self.path, tolerate_torn_tail=True):
-                self.done[obj["id"]] = obj
-            write_jsonl(self.path, self.done.values())  # drop a torn last line before appending
-            if self.done:
-                log.info("resuming: %d samples already on disk", len(self.done))
-        else:
-            self.path.unlink(missing_ok=True)
-            write_json(self.key_path, {"key": key})
-
-    def add(self, samples: list[dict[str, Any]]) -> None:
-        append_jsonl(self.path, samples)
-        for s in samples:
-            self.done[s["id"]] = s
 
 
 def direct_run_key(cfg: Any, model_spec: str, template: Template, mode: str) -> str:
@@ -77,7 +55,11 @@ def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, 
     model, tok = ctx.model_and_tokenizer()
     builder = _builder(ctx, tok)
     mode = cfg.mode or ctx.template.mode
-    shard = _Shard(ctx.work_dir, direct_run_key(cfg, ctx.model_spec, ctx.template, mode))
+    # finished samples of an interrupted run, valid only for the same settings (key)
+    shard = Shard(ctx.work_dir / PARTIAL, identity={"key": direct_run_key(cfg, ctx.model_spec, ctx.template, mode)},
+                  identity_path=ctx.work_dir / PARTIAL_KEY, on_mismatch="reset")
+    if shard.done:
+        log.info("resuming: %d samples already on disk", len(shard.done))
     todo = [(i, it) for i, it in enumerate(ctx.items) if it.id not in shard.done]
     chunk = max(128, cfg.batch_size * 16)  # the resumable unit; batches are formed within a chunk
     t0, done = time.time(), len(ctx.items) - len(todo)

@@ -17,8 +17,9 @@ from meditune.embeddings import Embedder
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.results import metric_summary
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
-from meditune.io import append_jsonl, hash_obj, iter_jsonl, write_json, write_jsonl
+from meditune.io import hash_obj, write_json, write_jsonl
 from meditune.records import LETTERS, MCQItem, read_records
+from meditune.shards import Shard
 from meditune.stats import DEFAULT_RESAMPLES
 
 from .cot import (
@@ -30,7 +31,7 @@ from .cot import (
     parse_cot_answer,
     parse_direct_answer,
 )
-from .cot_bank import BankEntry, CotBank, build_cot_bank, load_cot_bank, repair_torn_tail
+from .cot_bank import BankEntry, CotBank, build_cot_bank, load_cot_bank
 from .knn import EmbedFn, normalise_question
 from .medprompt import Run, knn_runs
 from .options import StrategyOptions, check_strategy, parse_options
@@ -262,22 +263,19 @@ def run_strategy(name: str, items: Sequence[MCQItem], backend: Backend,
     fingerprint = hash_obj({"strategy": name, "options": opts.model_dump(exclude={"chunk_size"}), "model": model,
                             "prompt": PROMPT_VERSION,
                             "bank": [bank_key_of(e) for e in bank.entries] if bank else None})[:16]
-    shard = out / f".strategy-{name}-{fingerprint}.partial.jsonl" if out else None
-    done: dict[str, dict[str, Any]] = {}
-    if shard is not None:
-        shard.parent.mkdir(parents=True, exist_ok=True)
-        repair_torn_tail(shard)
-        if shard.exists():
-            wanted = {it.id: item_hash(it) for it in items}
-            done = {row["id"]: row for _, row in iter_jsonl(shard, tolerate_torn_tail=True)
-                    if wanted.get(row.get("id")) == row.get("item_hash")}
-            log.info("resuming %s: %d of %d items already done", name, len(done), len(items))
+    wanted = {it.id: item_hash(it) for it in items}
+    shard = Shard(out / f".strategy-{name}-{fingerprint}.partial.jsonl",
+                  keep=lambda row: wanted.get(row.get("id")) == row.get("item_hash")) if out else None
+    done: dict[str, dict[str, Any]] = shard.done if shard is not None else {}
+    if done:
+        log.info("resuming %s: %d of %d items already done", name, len(done), len(items))
     todo = [(it, runs) for it, runs in zip(items, plans, strict=True) if it.id not in done]
     for start in range(0, len(todo), opts.chunk_size):
         rows = _run_chunk(name, todo[start:start + opts.chunk_size], backend, opts)
         if shard is not None:
-            append_jsonl(shard, rows)
-        done.update((r["id"], r) for r in rows)
+            shard.add(rows)
+        else:
+            done.update((r["id"], r) for r in rows)
         if progress:
             progress(len(done), len(items))
         log.info("%s: %d/%d items", name, len(done), len(items))
