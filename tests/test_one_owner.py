@@ -268,3 +268,43 @@ def test_every_resumable_loop_appends_through_meditune_shards(monkeypatch, tmp_p
                        + written[4].split("/")[1], "ShardDir:shards/shard-00000.jsonl", "Shard:answers/g.jsonl",
                        f"Shard:{tmp_path.name}/scores.jsonl"]
     assert written[1].startswith("Shard:cot/.strategy-cot-") and written[4].startswith("ShardDir:cache/entries-")
+
+
+# -------------------------------------------------------------------------------- recipe-wide defaults
+
+def test_every_stage_takes_recipe_defaults_through_one_function(monkeypatch):
+    from meditune import stages
+    from meditune.evaluation.mcqa import MCQAOptions
+    from meditune.evaluation.stage import effective_options
+    from meditune.generation.stage import backend_config_of
+    from meditune.recipe import parse_recipe
+    from meditune.training.common import settings
+
+    recipe = parse_recipe({"name": "r", "model": "org/m", "seed": 3, "device": "cpu", "system_prompt": "S",
+                           "stages": [
+                               {"name": "d", "type": "data", "source": "sample:mcq"},
+                               {"name": "g", "type": "generate", "data": "x.jsonl", "system_prompt": ""},
+                               {"name": "p", "type": "prefs", "questions": "q", "generators": [{"name": "a"}]},
+                               {"name": "t", "type": "sft", "data": "x.jsonl", "seed": 9},
+                               {"name": "e", "type": "eval_mcqa", "data": "x.jsonl", "device": "cuda"}]})
+    applied = {s.name: stages.apply_recipe_defaults(s, recipe) for s in recipe.stages}
+    assert applied["d"].seed == 3
+    assert applied["p"].generators[0].model == "org/m" and applied["p"].generators[0].system_prompt is None
+    assert (applied["t"].model, applied["t"].seed, applied["t"].system_prompt) == ("org/m", 9, "S")
+    assert (applied["e"].model, applied["e"].device, applied["e"].seed) == ("org/m", "cuda", 3)
+    assert applied["g"].system_prompt is None  # "" = explicitly none
+
+    calls = []
+    real = stages.apply_recipe_defaults
+
+    def spy(config, recipe):
+        calls.append(config.type)
+        return real(config, recipe)
+
+    for module in ("meditune.stages", "meditune.generation.stage", "meditune.training.common",
+                   "meditune.evaluation.stage"):
+        monkeypatch.setattr(f"{module}.apply_recipe_defaults", spy)
+    backend_config_of(recipe.stages[1], recipe)
+    settings(recipe.stages[3], recipe)
+    effective_options(recipe.stages[4], MCQAOptions, recipe)
+    assert calls == ["generate", "sft", "eval_mcqa"]

@@ -207,12 +207,11 @@ def test_generators_and_judge_inherit_the_recipe_model_when_unset():
     from types import SimpleNamespace
 
     from meditune.prefs.build import PrefsStageConfig
-    from meditune.prefs.stage import inherit_recipe_settings
+    from meditune.stages import apply_recipe_defaults
 
     cfg = PrefsStageConfig.model_validate({"name": "p", "type": "prefs", "questions": "sample:longform",
                                            "generators": [{"name": "a"}, {"name": "b", "model": "other/model"}]})
     recipe = SimpleNamespace(model="org/big", device="cuda", dtype="bf16", trust_remote_code=False)
-    for b in [*cfg.generators, cfg.scorer.judge]:
-        inherit_recipe_settings(b, recipe)
+    cfg = apply_recipe_defaults(cfg, recipe)
     assert [g.model for g in cfg.generators] == ["org/big", "other/model"]
     assert cfg.scorer.judge.model == "org/big" and cfg.generators[0].device == "cuda"

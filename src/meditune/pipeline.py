@@ -21,7 +21,7 @@ from meditune.errors import ConfigError
 from meditune.io import hash_obj, hash_path, read_json, write_json
 from meditune.logs import log_to_file
 from meditune.recipe import Recipe
-from meditune.stages import StageConfig, StageContext, registry
+from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, registry
 from meditune.versions import package_versions
 
 log = logging.getLogger(__name__)
@@ -252,9 +252,10 @@ class Pipeline:
                     "started": now(), "finished": None, "outputs": {}}
         write_json(sdir / MANIFEST, manifest)
         log.info("run %s (%s)", s.name, s.type)
-        # re-validate from the keys the recipe set (refs resolved), so stages can tell "unset" from "set to
-        # the default" (model_fields_set) and inherit recipe-wide settings only when unset
+        # re-validate from the keys the recipe set (refs resolved), so "unset" stays unset (model_fields_set), then
+        # fill what the stage left unset from the recipe-wide settings: the one place that happens
         cfg = type(s).model_validate(resolve_refs(s.model_dump(mode="json", exclude_unset=True), outputs))
+        cfg = apply_recipe_defaults(cfg, self.recipe)
         ctx = StageContext(run_dir=self.run_dir, stage_dir=sdir, recipe=self.recipe, outputs=outputs)
         t0 = time.time()
         try:

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,13 +28,44 @@ STAGE_MODULES = [
 ]
 
 
+# Recipe-wide settings and their values when there is no recipe (the Recipe schema's defaults).
+RECIPE_DEFAULTS: dict[str, Any] = {"model": "default", "seed": 0, "device": "auto", "dtype": "auto",
+                                   "trust_remote_code": False, "system_prompt": None}
+BACKEND_DEFAULTS = ("model", "device", "dtype", "trust_remote_code")  # what a generator or judge reference takes
+
+
 class StageConfig(BaseModel):
-    """Fields every stage has. Subclasses add their own; unknown keys are errors."""
+    """Fields every stage has. Subclasses add their own; unknown keys are errors.
+
+    `recipe_defaults` names the recipe-wide settings (keys of RECIPE_DEFAULTS) the stage takes when it leaves
+    them unset; a stage whose model/backend references live deeper says where in `recipe_default_targets`."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    recipe_defaults: ClassVar[tuple[str, ...]] = ()
 
     name: str
     type: str
+
+    def recipe_default_targets(self) -> list[tuple[BaseModel, tuple[str, ...]]]:
+        """(model, recipe-wide keys it takes) pairs that apply_recipe_defaults fills."""
+        return [(self, self.recipe_defaults)]
+
+
+def apply_recipe_defaults(config: StageConfig, recipe: Any) -> StageConfig:
+    """The one place recipe-wide settings reach a stage: each key a stage (or a model/backend reference inside it)
+    takes and leaves unset or null gets the recipe's value (RECIPE_DEFAULTS without a recipe); an empty
+    system_prompt means none. Returns a copy; applying it twice changes nothing."""
+    config = config.model_copy(deep=True)
+    for target, keys in config.recipe_default_targets():
+        for key in keys:
+            if key not in type(target).model_fields:
+                continue
+            if key not in target.model_fields_set or getattr(target, key) is None:
+                value = getattr(recipe, key, None) if recipe is not None else None
+                setattr(target, key, RECIPE_DEFAULTS[key] if value is None else value)
+            if key == "system_prompt" and target.system_prompt == "":
+                target.system_prompt = None  # "" = explicitly none, even when the recipe sets one
+    return config
 
 
 @dataclass

@@ -25,12 +25,15 @@ from meditune.data.stats import describe
 from meditune.errors import ConfigError, InputError
 from meditune.io import write_json
 from meditune.records import RECORD_TYPES, Record, kind_name, write_records
-from meditune.stages import StageConfig, StageContext, stage_type
+from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, stage_type
 
 log = logging.getLogger(__name__)
 
 
 class DataStageConfig(StageConfig):
+    """Sources, filters, sampling, decontamination and split of the data stage; seed unset = the recipe's."""
+
+    recipe_defaults = ("seed",)
     source: str | list[str] = Field(description="source spec(s); several are concatenated")
     options: dict[str, Any] = Field(default_factory=dict, description="loader options for every source")
     kind: str | None = Field(None, description="required record type (mcq, chat, preference, ...)")
@@ -113,7 +116,8 @@ def select(records: list[Record], cfg: DataStageConfig, seed: int, counts: dict[
 @stage_type("data", DataStageConfig, "load sources into a JSONL record file (filter, sample, decontaminate, "
             "split)", estimate=lambda cfg, recipe: estimate(cfg))
 def run_data(cfg: DataStageConfig, ctx: StageContext) -> dict[str, str]:
-    seed = cfg.seed if cfg.seed is not None else ctx.seed
+    cfg = apply_recipe_defaults(cfg, ctx.recipe)
+    seed = cfg.seed
     specs = _as_list(cfg.source)
     records = load_all(specs, cfg.options)
     counts: dict[str, int] = {"loaded": len(records)}

@@ -15,21 +15,15 @@ from meditune.evaluation.pairwise import PairwiseOptions, evaluate_pairwise
 from meditune.evaluation.safety import SafetyOptions, evaluate_safety
 from meditune.evaluation.tasks import get_task
 from meditune.evaluation.toxicity import ToxicityOptions, evaluate_toxicity
-from meditune.stages import StageConfig, StageContext, stage_type
+from meditune.stages import RECIPE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults, stage_type
 
-# Recipe-wide settings a stage inherits unless its config sets them.
-INHERITED = ("system_prompt", "device", "dtype", "trust_remote_code", "seed")
+EVAL_DEFAULTS = tuple(RECIPE_DEFAULTS)  # an evaluation takes every recipe-wide setting it leaves unset
 
 
 def effective_options(config: StageConfig, options_cls: type, recipe: Any, *, task_is_name: bool = True) -> Any:
-    """The stage's options with unset recipe-wide settings (and model) taken from the recipe; an unset task is
-    the stage name (task_is_name)."""
-    values = config.model_dump(exclude={"name", "type"})
-    for key in INHERITED:
-        if key not in config.model_fields_set and recipe is not None and hasattr(recipe, key):
-            values[key] = getattr(recipe, key)
-    if not values.get("model") and recipe is not None and getattr(recipe, "model", None):
-        values["model"] = recipe.model
+    """The stage's options with unset recipe-wide settings taken from the recipe (apply_recipe_defaults); an
+    unset task is the stage name (task_is_name)."""
+    values = apply_recipe_defaults(config, recipe).model_dump(exclude={"name", "type"})
     if task_is_name and not values.get("task"):
         values["task"] = config.name
     return options_cls.model_validate(values)
@@ -39,6 +33,8 @@ def effective_options(config: StageConfig, options_cls: type, recipe: Any, *, ta
 
 class MCQAStageConfig(StageConfig, MCQAOptions):
     """eval_mcqa stage: every option of `meditune eval mcqa` (see docs/evaluation-mcqa.md)."""
+
+    recipe_defaults = EVAL_DEFAULTS
 
 
 def estimate_mcqa(config: MCQAStageConfig, recipe: Any) -> dict[str, Any]:
@@ -65,29 +61,43 @@ def run_eval_mcqa(config: MCQAStageConfig, ctx: StageContext) -> dict[str, str]:
 class OpenQAStageConfig(StageConfig, OpenQAOptions):
     """eval_open stage: the options of `meditune eval open` (see docs/evaluation-open.md)."""
 
+    recipe_defaults = EVAL_DEFAULTS
+
 
 class PairwiseStageConfig(StageConfig, PairwiseOptions):
     """eval_pairwise stage: the options of `meditune eval pairwise`."""
+
+    recipe_defaults = EVAL_DEFAULTS
 
 
 class HallucinationStageConfig(StageConfig, HallucinationOptions):
     """eval_hallucination stage: the options of `meditune eval hallucination`."""
 
+    recipe_defaults = EVAL_DEFAULTS
+
 
 class NERStageConfig(StageConfig, NEROptions):
     """eval_ner stage: the options of `meditune eval ner`."""
+
+    recipe_defaults = EVAL_DEFAULTS
 
 
 class SafetyStageConfig(StageConfig, SafetyOptions):
     """eval_safety stage: the options of `meditune eval safety`."""
 
+    recipe_defaults = EVAL_DEFAULTS
+
 
 class ToxicityStageConfig(StageConfig, ToxicityOptions):
     """eval_toxicity stage: the options of `meditune eval toxicity`."""
 
+    recipe_defaults = EVAL_DEFAULTS
+
 
 class BiasStageConfig(StageConfig, BiasOptions):
     """eval_bias stage: the options of `meditune eval bias`."""
+
+    recipe_defaults = EVAL_DEFAULTS
 
 
 def estimate_open(config: Any, recipe: Any) -> dict[str, Any]:

@@ -8,20 +8,19 @@ from typing import Any, Literal
 from pydantic import Field
 
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
-from meditune.stages import StageConfig, StageContext, stage_type
-
-# Settings a stage inherits from the recipe unless it sets them itself.
-RECIPE_DEFAULTS = ("model", "system_prompt", "device", "dtype", "trust_remote_code")
+from meditune.stages import RECIPE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults, stage_type
 
 
 class GenerateStageConfig(StageConfig):
-    """Which data, which generator (BackendConfig fields), and how to sample."""
+    """Which data, which generator (BackendConfig fields), and how to sample; model, system_prompt, device, dtype,
+    trust_remote_code and seed left unset (or null) are the recipe's (meditune.stages.apply_recipe_defaults)."""
+
+    recipe_defaults = tuple(RECIPE_DEFAULTS)
 
     data: str = Field(description="JSONL of requests or records, '@stage', or a data source spec")
     limit: int | None = Field(None, ge=1)
-    # generator (see BackendConfig); model/system_prompt/device/dtype/trust_remote_code default to the recipe's
+    # generator (see BackendConfig)
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    # None = the recipe's setting (the pipeline re-validates configs, so "unset" cannot be told apart otherwise)
     model: str | None = None
     label: str | None = None
     system_prompt: str | None = None  # None = the recipe's; "" = no system prompt; "model-default"; or the text
@@ -48,22 +47,16 @@ class GenerateStageConfig(StageConfig):
 
 def backend_config_of(config: GenerateStageConfig, recipe: Any) -> BackendConfig:
     """The BackendConfig of a stage, with recipe-wide defaults for fields the stage does not set."""
+    config = apply_recipe_defaults(config, recipe)
     vals = {k: getattr(config, k) for k in BackendConfig.model_fields if k in type(config).model_fields}
-    vals["name"] = config.label
-    for k in RECIPE_DEFAULTS:
-        if vals[k] is None:
-            inherited = getattr(recipe, k, None) if recipe is not None else None
-            vals[k] = inherited if inherited is not None or k == "system_prompt" else BackendConfig.model_fields[k].default
-    if vals["system_prompt"] == "":
-        vals["system_prompt"] = None  # explicitly none, even when the recipe sets one
-    return BackendConfig(**vals)
+    return BackendConfig(**{**vals, "name": config.label})  # `name` is the stage's; the generator's is `label`
 
 
 def sampling_of(config: GenerateStageConfig, recipe: Any) -> SamplingParams:
     """The stage's sampling params (seed defaults to the recipe seed)."""
-    seed = config.seed if config.seed is not None else getattr(recipe, "seed", 0)
+    config = apply_recipe_defaults(config, recipe)
     return SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                          n=config.n, seed=seed, stop=tuple(config.stop))
+                          n=config.n, seed=config.seed, stop=tuple(config.stop))
 
 
 def stage_requests(config: GenerateStageConfig, recipe: Any) -> list[GenerationRequest]:

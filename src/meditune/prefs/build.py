@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from meditune import __version__
 from meditune.io import write_json, write_jsonl, write_text
@@ -28,7 +28,7 @@ from meditune.scoring.registry import (
     default_backend_factory,
 )
 from meditune.shards import Shard, check_identity
-from meditune.stages import StageConfig
+from meditune.stages import BACKEND_DEFAULTS, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class PrefsStageConfig(StageConfig):
     translation: TranslationConfig | None = None
     licenses: dict[str, str] = Field(default_factory=dict)  # source -> license, for sources we do not know
     description: str = ""
+
+    def recipe_default_targets(self) -> list[tuple[BaseModel, tuple[str, ...]]]:
+        """Generators and the judge the recipe did not point elsewhere use the recipe's model, device, dtype and
+        trust_remote_code (their system prompts and sampling are their own)."""
+        judge = getattr(self.scorer, "judge", None)
+        return [(b, BACKEND_DEFAULTS) for b in [*self.generators, judge] if b is not None]
 
     @field_validator("generators")
     @classmethod

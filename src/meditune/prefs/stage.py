@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meditune.generation.base import BackendConfig
 from meditune.prefs.build import PrefsStageConfig, build_preferences
-from meditune.stages import StageContext, stage_type
+from meditune.stages import StageContext, apply_recipe_defaults, stage_type
 
 
 def estimate(cfg: PrefsStageConfig, recipe: Any) -> dict[str, Any]:
@@ -22,14 +21,4 @@ def estimate(cfg: PrefsStageConfig, recipe: Any) -> dict[str, Any]:
                                        "scorer (KoMeP-style), with a datacard", estimate=estimate)
 def run(cfg: PrefsStageConfig, ctx: StageContext) -> dict[str, str]:
     """Build the preference dataset into the stage directory (resumes collection and scoring from disk)."""
-    for backend in [*cfg.generators, getattr(cfg.scorer, "judge", None)]:
-        if backend is not None:
-            inherit_recipe_settings(backend, ctx.recipe)
-    return build_preferences(cfg, ctx.stage_dir, seed=ctx.seed)
-
-
-def inherit_recipe_settings(backend: BackendConfig, recipe: Any) -> None:
-    """Generators and judges the recipe did not point elsewhere use the recipe's model, device and dtype."""
-    for key in ("model", "device", "dtype", "trust_remote_code"):
-        if key not in backend.model_fields_set:
-            setattr(backend, key, getattr(recipe, key))
+    return build_preferences(apply_recipe_defaults(cfg, ctx.recipe), ctx.stage_dir, seed=ctx.seed)

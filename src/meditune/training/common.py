@@ -12,15 +12,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from meditune.errors import ConfigError
-from meditune.stages import StageConfig
+from meditune.stages import RECIPE_DEFAULTS, StageConfig, apply_recipe_defaults
 
 log = logging.getLogger(__name__)
 
-FROM_RECIPE = "recipe"  # sentinel: take the recipe-wide value
-
-
 class TrainOptions(StageConfig):
-    """Settings every training stage has (a stage config subclasses this and adds its own)."""
+    """Settings every training stage has (a stage config subclasses this and adds its own); model, seed, device,
+    dtype, trust_remote_code and system_prompt left unset (or null) are the recipe's."""
+
+    recipe_defaults = tuple(RECIPE_DEFAULTS)
 
     model: str | None = None  # None: the recipe's model; accepts "@stage"
     data: str | list[str] = Field(description="JSONL of records, or a data source spec")
@@ -44,10 +44,11 @@ class TrainOptions(StageConfig):
     activation_checkpointing: bool = False  # trades ~20-30 % speed for activation memory
     checkpoint_every: int = Field(1, ge=1, description="with activation_checkpointing: recompute only every n-th "
                                   "decoder layer (1 = all); the others keep their activations")
-    seed: int | None = None  # None: the recipe seed
+    seed: int | None = None  # unset: the recipe seed
     device: str | None = None
     dtype: str | None = None
-    system_prompt: str | None = FROM_RECIPE  # "recipe": the recipe's; None: none; "model-default"
+    trust_remote_code: bool | None = None
+    system_prompt: str | None = None  # unset: the recipe's; "": none; "model-default": the template's own
     report_to: list[str] = Field(default_factory=list)  # e.g. ["wandb"]; CSV + TensorBoard are always written
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(0, ge=0)  # > 0: checkpoints for resuming a killed run
@@ -76,13 +77,10 @@ class Settings:
 
 
 def settings(cfg: TrainOptions, recipe: Any) -> Settings:
-    """Stage options with recipe-wide defaults filled in."""
-    model = cfg.model or getattr(recipe, "model", None) or "default"
-    sp = getattr(recipe, "system_prompt", None) if cfg.system_prompt == FROM_RECIPE else cfg.system_prompt
-    return Settings(model=model, seed=cfg.seed if cfg.seed is not None else getattr(recipe, "seed", 0),
-                    device=cfg.device or getattr(recipe, "device", "auto"),
-                    dtype=cfg.dtype or getattr(recipe, "dtype", "auto"), system_prompt=sp,
-                    trust_remote_code=bool(getattr(recipe, "trust_remote_code", False)))
+    """Stage options with recipe-wide defaults filled in (meditune.stages.apply_recipe_defaults)."""
+    cfg = apply_recipe_defaults(cfg, recipe)
+    return Settings(model=cfg.model, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                    system_prompt=cfg.system_prompt, trust_remote_code=cfg.trust_remote_code)
 
 
 def base_model_dir(spec: str, stage_dir: Path, trust_remote_code: bool = False) -> tuple[str, str]:
