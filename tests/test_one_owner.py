@@ -263,6 +263,13 @@ def test_every_resumable_loop_appends_through_meditune_shards(monkeypatch, tmp_p
     answers = collect(items, [GeneratorConfig(name="g")], CollectSettings(), tmp_path / "answers",
                       lambda cfg: answer_b)  # preference answers
     score_answers({it.id: it for it in items}, answers["g"], AnswerScorer(), tmp_path / "scores.jsonl")
+    from meditune.cli import main
+
+    (tmp_path / "cmd").mkdir()
+    (tmp_path / "cmd" / "a.jsonl").write_text('{"id": "1", "question": "q", "answer": "Answer: A", '
+                                              '"options": ["x", "y"], "gold": 0}\n')
+    assert main(["score", str(tmp_path / "cmd" / "a.jsonl"), "--scorer", "answer"]) == 0  # `meditune score`
+    assert written.pop() == "Shard:cmd/a.scores.jsonl"
     assert written == ["Shard:mcqa/samples.partial.jsonl", f"Shard:cot/{written[1].split('/')[1]}",
                        "Shard:bank/bank.jsonl", "ShardDir:shards/shard-00000.jsonl", "ShardDir:cache/"
                        + written[4].split("/")[1], "ShardDir:shards/shard-00000.jsonl", "Shard:answers/g.jsonl",
@@ -308,3 +315,74 @@ def test_every_stage_takes_recipe_defaults_through_one_function(monkeypatch):
     settings(recipe.stages[3], recipe)
     effective_options(recipe.stages[4], MCQAOptions, recipe)
     assert calls == ["generate", "sft", "eval_mcqa"]
+
+
+# ------------------------------------------------------------------------- command-line options from configs
+
+def _command_options(*words: str) -> set[str]:
+    import typer
+
+    from meditune.cli import app
+
+    group = typer.main.get_command(app)
+    for w in words:
+        group = group.commands[w]
+    return {opt for p in group.params for opt in [*p.opts, *p.secondary_opts]} | {p.name for p in group.params}
+
+
+@pytest.mark.parametrize("words,config", [
+    (("eval", "mcqa"), "meditune.evaluation.mcqa.MCQAOptions"),
+    (("eval", "open"), "meditune.evaluation.openqa.OpenQAOptions"),
+    (("eval", "safety"), "meditune.evaluation.safety.SafetyOptions"),
+    (("eval", "hallucination"), "meditune.evaluation.hallucination.HallucinationOptions"),
+    (("generate",), "meditune.generation.stage.GenerateStageConfig"),
+])
+def test_commands_offer_every_scalar_option_of_their_config(words, config):
+    import importlib
+
+    from meditune.commands.options import cli_type
+
+    module, _, name = config.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    offered = _command_options(*words)
+    for field, info in cls.model_fields.items():
+        if field in ("name", "type") or cli_type(info.annotation)[0] is None:
+            continue
+        assert f"--{field.replace('_', '-')}" in offered or field in offered, (words, field)
+    assert {"--config", "--set"} <= offered
+
+
+def test_every_command_parses_overrides_with_the_one_parser(monkeypatch, tmp_path, capsys):
+    from meditune import recipe
+    from meditune.cli import main
+
+    seen = []
+    real = recipe.apply_overrides
+
+    def spy(data, overrides, **kw):
+        seen.extend(overrides)
+        return real(data, overrides, **kw)
+
+    monkeypatch.setattr(recipe, "apply_overrides", spy)
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"id": "a", "question": "Q?"}\n')
+    assert main(["train", "dpo", "--data", "x.jsonl", "--out", str(tmp_path / "t"), "--set", "betaa=1"]) == 2
+    assert main(["prefs", "build", "-q", str(q), "-g", "x", "--set", "pairing.polcy=1"]) == 2
+    assert main(["eval", "bias", "--out", str(tmp_path / "b"), "--set", "max_new_tokens=0"]) == 2
+    assert main(["eval", "mcqa", "x.jsonl", "--strategy-option", "k=1", "--set", "shots=-1"]) == 2
+    assert main(["generate", "x.jsonl", "-o", str(tmp_path / "g"), "--set", "n=0"]) == 2
+    assert main(["run", "quickstart", "--dry-run", "--set", "eval_before.shots=-1"]) == 2
+    assert seen == ["betaa=1", "pairing.polcy=1", "max_new_tokens=0", "k=1", "shots=-1", "n=0",
+                    "eval_before.shots=-1"]
+    err = capsys.readouterr().err
+    assert "did you mean 'beta'" in err and "--max-new-tokens" in err and "--n:" in err
+
+
+def test_no_command_reaches_into_private_recipe_helpers():
+    from pathlib import Path
+
+    import meditune.commands
+
+    for path in Path(meditune.commands.__file__).parent.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "_format_error" not in text and "yaml.safe_load" not in text, path.name

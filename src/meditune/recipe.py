@@ -121,26 +121,67 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=c` overrides; a stage is addressed by its name: `dpo.beta=0.2` or `stages.dpo.beta=0.2`."""
+def set_key(data: dict[str, Any], key: str, value: Any, *, where: str = "--set") -> None:
+    """Set a dotted key (`pairing.margin`) in a nested mapping, creating mappings on the way; a stage of a recipe
+    is addressed by its name (`dpo.beta` or `stages.dpo.beta`); a top-level key may be written with dashes
+    (`max-new-tokens`, as its flag)."""
+    parts = key.strip().split(".")
+    if parts[0] == "stages" and len(parts) > 1:
+        parts = parts[1:]
+    target: Any = data
+    stage_names = {s.get("name", s.get("type")): s for s in data.get("stages", []) if isinstance(s, dict)}
+    if len(parts) > 1 and parts[0] in stage_names and parts[0] not in data:
+        target = stage_names[parts[0]]
+        parts = parts[1:]
+    for p in parts[:-1]:
+        if not isinstance(target, dict):
+            raise ConfigError(f"{where} {key}: {p!r} is not a mapping")
+        target = target.setdefault(p, {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"{where} {key}: {parts[-2]!r} is not a mapping")
+    target[parts[-1].replace("-", "_") if len(parts) == 1 and target is data else parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], *, flag: str = "--set") -> dict[str, Any]:
+    """Apply `a.b=c` overrides (YAML values): the one parser of KEY=VALUE options (recipes, stage configs,
+    strategy options)."""
     for ov in overrides:
         if "=" not in ov:
-            raise ConfigError(f"--set {ov!r}: expected key=value")
+            raise ConfigError(f"{flag} {ov!r}: expected key=value")
         key, value = ov.split("=", 1)
-        parts = key.strip().split(".")
-        if parts[0] == "stages" and len(parts) > 1:
-            parts = parts[1:]
-        target: Any = data
-        stage_names = {s.get("name", s.get("type")): s for s in data.get("stages", []) if isinstance(s, dict)}
-        if len(parts) > 1 and parts[0] in stage_names and parts[0] not in data:
-            target = stage_names[parts[0]]
-            parts = parts[1:]
-        for p in parts[:-1]:
-            if not isinstance(target, dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
-            target = target.setdefault(p, {})
-        target[parts[-1]] = parse_value(value)
+        set_key(data, key, parse_value(value), where=flag)
     return data
+
+
+def validate_config(model: type[BaseModel], raw: Any, source: str, *, flags: dict[str, str] | None = None) -> Any:
+    """`model` validated from `raw`; an error names the key (with a suggestion for typos), or the command-line
+    flag (field -> flag in `flags`, e.g. max_new_tokens -> --max-new-tokens) that gave it."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        if flags and key in flags and len(first["loc"]) == 1 and first["type"] != "extra_forbidden":
+            raise ConfigError(f"{flags[key]}: {first['msg']}") from None
+        raise _format_error(e, model, "", source) from None
+
+
+def config_from(model: type[BaseModel], *, fields: dict[str, Any], config_file: str | Path | None = None,
+                sets: list[str] | None = None, fixed: dict[str, Any] | None = None, base: dict[str, Any] | None = None,
+                flags: dict[str, str] | None = None) -> Any:
+    """The one way a command builds its config: `base` keys, a YAML mapping (--config), the command's flags
+    (`fields`, None = not given; dotted keys reach nested settings), --set KEY=VALUE, then `fixed` keys."""
+    raw: Any = read_yaml(config_file, "config file") if config_file is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: expected a mapping of options")
+    raw = {**(base or {}), **raw}
+    for key, value in fields.items():
+        if value is not None:
+            set_key(raw, key, value, where="option")
+    raw = apply_overrides(raw, sets or [])
+    raw.update(fixed or {})
+    flags = flags if flags is not None else {k: f"--{k.replace('_', '-')}" for k in fields if "." not in k}
+    return validate_config(model, raw, str(config_file or "command line"), flags=flags)
 
 
 def read_yaml(path: str | Path, what: str = "recipe") -> Any:

@@ -7,76 +7,40 @@ from typing import Any
 
 import typer
 
-from meditune.errors import ConfigError
-
-
-def _parse_strategy_options(pairs: list[str]) -> dict[str, Any]:
-    from meditune.recipe import parse_value
-
-    out: dict[str, Any] = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ConfigError(f"--strategy-option {p!r}: expected key=value")
-        k, v = p.split("=", 1)
-        out[k.strip()] = parse_value(v)
-    return out
+from meditune.commands.options import config_command, out_option
 
 
 def _fmt(summary: dict[str, Any]) -> str:
     return f"{summary['value']:.4f}  [{summary['ci_low']:.4f}, {summary['ci_high']:.4f}]"
 
 
-def mcqa(
-    data: str = typer.Argument(..., help="Data source spec or MCQItem JSONL."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec (default, dir, adapter, .gguf, hub id)."),
-    out: Path = typer.Option(Path("runs/eval-mcqa"), "--out", "-o", help="Output directory."),
-    task: str = typer.Option(None, help="A registered task (medqa_4options, medmcqa, pubmedqa, mmlu_medical, "
-                             "kormedmcqa, cmmlu_medical, headqa: lm-eval's loader, template and metrics), or just "
-                             "the name in results.json (default: data file stem)."),
-    template: str = typer.Option(None, help="medqa|medmcqa|pubmedqa|mmlu|kormedmcqa|cmmlu|generic|"
-                                            "continuation, or a format string with {question} (default: the "
-                                            "task's, else generic)."),
-    shots: int = typer.Option(0, help="Number of few-shot examples (first n)."),
-    fewshot_data: str = typer.Option(None, help="Source of few-shot examples (default: the eval data)."),
-    chat: bool = typer.Option(False, "--chat/--no-chat", help="Apply the model's chat template."),
-    system_prompt: str = typer.Option(None, help="System prompt; 'model-default' keeps the template's own."),
-    mode: str = typer.Option(None, help="loglik | generative (default: the template's)."),
-    choices: str = typer.Option(None, help="letters | full (default: the template's)."),
-    per_token: bool = typer.Option(False, help="Also report acc_per_token."),
-    strategy: str = typer.Option("direct", help="direct, or a strategy of meditune.evaluation.strategies."),
-    strategy_option: list[str] = typer.Option([], "--strategy-option", help="key=value for the strategy."),
-    limit: int = typer.Option(None, help="Evaluate only the first N items."),
-    batch_size: int = typer.Option(16, help="Most questions per forward pass / prompts per generate call."),
-    max_batch_tokens: int = typer.Option(None, help="Loglik: most tokens per forward (default: 2048 on CPU, "
-                                                     "32768 on GPU)."),
-    max_length: int = typer.Option(None, help="Context window (default: the model's)."),
-    max_new_tokens: int = typer.Option(32, help="Generative mode: tokens to generate."),
-    device: str = typer.Option("auto", help="cpu | cuda | auto."),
-    dtype: str = typer.Option("auto", help="float32 | bfloat16 | auto."),
-    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
-    seed: int = typer.Option(0, help="Seed (bootstrap, sampling strategies)."),
-) -> None:
-    """Evaluate a model on multiple-choice questions (lm-eval compatible numbers, shared-prefix speed)."""
-    from pydantic import ValidationError
-
-    from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
+def _run_mcqa(opts: Any, extras: dict[str, Any]) -> None:
+    """Evaluate, print the metrics table and where the files are."""
+    from meditune.evaluation.mcqa import evaluate_mcqa
     from meditune.io import read_json
 
-    try:
-        opts = MCQAOptions(model=model, data=data, task=task, template=template, shots=shots,
-                           fewshot_data=fewshot_data, chat_template=chat, system_prompt=system_prompt, mode=mode,
-                           choices=choices, per_token=per_token, strategy=strategy,
-                           strategy_options=_parse_strategy_options(strategy_option), limit=limit,
-                           batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_length=max_length,
-                           max_new_tokens=max_new_tokens,
-                           device=device, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    paths = evaluate_mcqa(opts, out)
-    res = read_json(paths["results"])
-    _print_results(res)
+    paths = evaluate_mcqa(opts, extras["out"])
+    _print_results(read_json(paths["results"]))
     typer.echo(f"results: {paths['results']}\nsamples: {paths['samples']}")
+
+
+def _strategy_options(pairs: list[str]) -> dict[str, Any]:
+    from meditune.recipe import apply_overrides
+
+    return apply_overrides({}, pairs, flag="--strategy-option")
+
+
+def mcqa_command() -> Any:
+    """`meditune eval mcqa`, its options those of MCQAOptions (the eval_mcqa stage's config)."""
+    from meditune.evaluation.mcqa import MCQAOptions
+
+    return config_command(
+        MCQAOptions, _run_mcqa, argument="data",
+        doc="Evaluate a model on multiple-choice questions (lm-eval compatible numbers, shared-prefix speed).",
+        decls={"model": ("--model", "-m"), "chat_template": ("--chat/--no-chat",),
+               "strategy_options": ("--strategy-option",)}, defaults={"model": "default"},
+        convert={"strategy_options": (list[str], _strategy_options, "key=value for the strategy (repeatable).")},
+        extra=[out_option("runs/eval-mcqa")])
 
 
 def _print_results(res: dict[str, Any]) -> None:
@@ -128,5 +92,5 @@ def compare(
 
 def register(eval_app: typer.Typer) -> None:
     """Add this module's commands to `meditune eval`."""
-    eval_app.command("mcqa")(mcqa)
+    eval_app.command("mcqa")(mcqa_command())
     eval_app.command("compare")(compare)

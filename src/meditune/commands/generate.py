@@ -2,75 +2,59 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+
+from meditune.commands.options import config_command
 
 console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("generate")(generate)
+    app.command("generate")(generate_command())
     app.command("serve")(serve)
 
 
-def generate(
-    data: str = typer.Argument(..., help="JSONL of requests ({id, messages | prompt, params?}) or records, "
-                                         "or a data source spec (NAME:PATH, sample:NAME)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Job directory (re-run the same command to resume)."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec, or the model name for --backend openai."),
-    backend: str = typer.Option("transformers", "--backend", help="transformers | vllm | openai."),
-    system: str = typer.Option(None, "--system", help="System prompt (default: none; 'model-default' keeps the "
-                                                      "template's)."),
-    n: int = typer.Option(1, "--n", help="Samples per item."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
-    seed: int = typer.Option(0, "--seed"),
-    stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N items."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    unit_size: int = typer.Option(64, "--unit-size", help="Requests per work unit (resume granularity)."),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="Generation cache (default: $MEDITUNE_CACHE/"
-                                                             "generations)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the generation cache."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (backend openai)."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the key."),
-    max_concurrency: int = typer.Option(8, "--max-concurrency", help="Requests in flight (backend openai)."),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-) -> None:
-    """Generate n completions per item into OUT/generations.jsonl; a killed run resumes where it stopped."""
-    from meditune.errors import ConfigError
-    from meditune.generation.base import BackendConfig, SamplingParams
+def _run_generate(stage: Any, extras: dict[str, Any]) -> None:
+    """Generate the stage's requests into the job directory --out (cached, resumable)."""
     from meditune.generation.cache import GenerationCache, model_key
     from meditune.generation.factory import make_backend
     from meditune.generation.job import run_job
     from meditune.generation.sampling import check_params
-    from meditune.generation.stage import GenerateStageConfig, stage_requests
+    from meditune.generation.stage import backend_config_of, sampling_of, stage_requests
     from meditune.models import cache_dir as models_cache
 
-    if backend not in ("transformers", "vllm", "openai"):
-        raise ConfigError(f"--backend {backend!r}: use transformers, vllm or openai")
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n, seed=seed,
-                            stop=tuple(stop or ()))
+    cfg, params = backend_config_of(stage, None), sampling_of(stage, None)
     check_params(params, "command line")
-    cfg = BackendConfig(backend=backend, model=model, system_prompt=system, device=device, dtype=dtype,
-                        trust_remote_code=trust_remote_code, batch_size=batch_size, base_url=base_url,
-                        api_key_env=api_key_env, max_concurrency=max_concurrency)
-    stage = GenerateStageConfig(name="generate", type="generate", data=data, limit=limit, n=n, model=model,
-                                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                                stop=list(stop or ()))
     requests = stage_requests(stage, None)
-    cache = None if no_cache else GenerationCache(cache_dir or models_cache() / "generations")
-    result = run_job(requests, lambda: make_backend(cfg), out, model=model_key(cfg), label=cfg.label,
-                     unit_size=unit_size, cache=cache, progress=progress)
+    cache = GenerationCache(extras["cache_dir"] or models_cache() / "generations") if stage.cache else None
+    result = run_job(requests, lambda: make_backend(cfg), extras["out"], model=model_key(cfg), label=cfg.label,
+                     unit_size=stage.unit_size, cache=cache, progress=extras["progress"])
     console.print(f"{result.records} items -> {result.path} (generated {result.generated}, cached {result.cached}, "
                   f"resumed {result.resumed}; {result.completion_tokens} tokens, "
                   f"{result.tokens_per_second:.1f} tok/s)", highlight=False)
+
+
+def generate_command() -> Any:
+    """`meditune generate`, its options those of the `generate` stage's config."""
+    from meditune.generation.stage import GenerateStageConfig
+
+    p = inspect.Parameter
+    extra = [
+        p("out", p.KEYWORD_ONLY, annotation=Path, default=typer.Option(
+            ..., "--out", "-o", help="Job directory (re-run the same command to resume).")),
+        p("cache_dir", p.KEYWORD_ONLY, annotation=Path, default=typer.Option(
+            None, "--cache-dir", help="Generation cache (default: $MEDITUNE_CACHE/generations).")),
+        p("progress", p.KEYWORD_ONLY, annotation=bool, default=typer.Option(True, "--progress/--no-progress")),
+    ]
+    return config_command(
+        GenerateStageConfig, _run_generate, argument="data", fixed={"name": "generate", "type": "generate"},
+        doc="Generate n completions per item into OUT/generations.jsonl; a killed run resumes where it stopped.",
+        decls={"model": ("--model", "-m"), "system_prompt": ("--system",)}, extra=extra)
 
 
 def serve(

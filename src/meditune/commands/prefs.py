@@ -26,44 +26,11 @@ def parse_generator(text: str) -> dict[str, Any]:
 
 def build_config(config: Path | None, overrides: dict[str, Any], sets: list[str]) -> Any:
     """The prefs stage config from an optional YAML file, command-line options and --set KEY=VALUE."""
-    import yaml
-    from pydantic import ValidationError
-
-    from meditune.errors import ConfigError
     from meditune.prefs.build import PrefsStageConfig
-    from meditune.recipe import _format_error, parse_value
+    from meditune.recipe import config_from
 
-    raw: dict[str, Any] = {}
-    if config is not None:
-        if not config.exists():
-            raise ConfigError(f"config file not found: {config}")
-        raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{config}: expected a mapping of prefs settings")
-    raw = {"name": "prefs", "type": "prefs", **raw}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        node, *path = key.split(".")
-        if path:
-            raw.setdefault(node, {})[path[0]] = value
-        else:
-            raw[node] = value
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        node = raw
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping")
-        node[leaf] = parse_value(value)
-    try:
-        return PrefsStageConfig.model_validate(raw)
-    except ValidationError as e:
-        raise _format_error(e, PrefsStageConfig, "", str(config or "prefs options")) from None
+    return config_from(PrefsStageConfig, fields=overrides, config_file=config, sets=sets,
+                       base={"name": "prefs", "type": "prefs"})
 
 
 @prefs_app.command("build")

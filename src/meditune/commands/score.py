@@ -59,19 +59,16 @@ def score(
     batch_size: int = typer.Option(64, "--batch-size", help="Answers per scorer call (and per append)."),
 ) -> None:
     """Score every answer (score + evidence per line); prints per-model means with n and 95% CIs."""
-    import yaml
-
     from meditune.errors import ConfigError
-    from meditune.io import append_jsonl, iter_jsonl
     from meditune.prefs.datacard import mean_ci
+    from meditune.recipe import read_yaml
     from meditune.scoring.base import Score
     from meditune.scoring.dahl import dahl_model_score
     from meditune.scoring.registry import build_scorer, parse_scorer_config
+    from meditune.shards import Shard
 
     if config is not None:
-        if not config.exists():
-            raise ConfigError(f"scorer config not found: {config}")
-        raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(config, "scorer config")
     else:
         raw = {"type": scorer}
         if scorer == "dahl":
@@ -84,17 +81,15 @@ def score(
             raw["model"] = reward_model
     cfg = parse_scorer_config(raw, where=str(config) if config else "--scorer")
     rows = read_answers(answers)
-    out = out or answers.with_suffix(".scores.jsonl")
-    done = {r["id"]: r for _, r in iter_jsonl(out, tolerate_torn_tail=True)} if out.exists() else {}
+    shard = Shard(out or answers.with_suffix(".scores.jsonl"))  # scores of an earlier (killed) run are kept
+    done = shard.done
     todo = [(it, g) for it, g in rows if it.id not in done]
     if todo:
         sc = build_scorer(cfg)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            new = [{"id": it.id, "model": g, **s.to_dict()} for (it, g), s in zip(chunk, sc.score([it for it, _ in chunk]),
-                                                                                  strict=True)]
-            append_jsonl(out, new)
-            done.update((r["id"], r) for r in new)
+            shard.add([{"id": it.id, "model": g, **s.to_dict()}
+                       for (it, g), s in zip(chunk, sc.score([it for it, _ in chunk]), strict=True)])
     by_group: dict[str, list[Score]] = {}
     for it, g in rows:
         by_group.setdefault(g, []).append(Score.from_dict(done[it.id]))
@@ -110,4 +105,4 @@ def score(
             val = "n/a" if m["mean"] is None else f"{m['mean']:.4f}"
             console.print(f"{g}: {cfg.type} mean {val} 95% CI [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}] n={m['n']} "
                           f"(unscored {len(scores) - len(vals)})")
-    console.print(f"scores: {out}")
+    console.print(f"scores: {shard.path}")

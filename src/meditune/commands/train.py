@@ -28,33 +28,17 @@ def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
 
 
+FLAGS = {"data": "--data", "method": "--method", "max_steps": "--max-steps", "epochs": "--epochs",
+         "learning_rate": "--lr", "batch_size": "--batch-size", "system_prompt": "--system-prompt"}
+
+
 def stage_config(stage: str, name: str, fields: dict[str, Any], config_file: Path | None, overrides: list[str]):
     """The stage config from a YAML mapping, command-line fields and --set key=value overrides."""
-    import yaml
-    from pydantic import ValidationError
-
-    from meditune.errors import ConfigError
-    from meditune.recipe import _format_error, apply_overrides
+    from meditune.recipe import config_from
     from meditune.stages import registry
 
-    raw: dict[str, Any] = {}
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"config file not found: {config_file}")
-        try:
-            raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{config_file}: invalid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{config_file}: expected a mapping of {stage} options")
-    raw.update({k: v for k, v in fields.items() if v is not None})
-    raw = apply_overrides(raw, overrides)
-    raw.update(name=name, type=stage)
-    model = registry()[stage].config
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        raise _format_error(e, model, "", str(config_file or "command line")) from None
+    return config_from(registry()[stage].config, fields=fields, config_file=config_file, sets=overrides,
+                       fixed={"name": name, "type": stage}, flags=FLAGS)
 
 
 def _make_command(stage: str, help_text: str):

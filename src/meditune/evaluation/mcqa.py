@@ -27,30 +27,36 @@ class MCQAOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str | None = Field(None, description="model spec; default: the recipe's model")
+    model: str | None = Field(None, description="model spec (default, dir, adapter, .gguf, hub id); default: the "
+                              "recipe's model")
     data: str = Field(description="data source spec or path to an MCQItem JSONL")
     task: str | None = Field(None, description="a registered task (medqa_4options, medmcqa, pubmedqa, mmlu_medical, "
                              "kormedmcqa, cmmlu_medical, headqa: its loader, template and metrics), or just the "
                              "name in results.json; default: the data file stem")
-    template: str | None = Field(None, description="default: the task's, else generic")
-    shots: int = Field(0, ge=0)
-    fewshot_data: str | None = None
-    chat_template: bool = False
-    system_prompt: str | None = None  # None = no system prompt; "model-default" = the template's own
-    mode: Literal["loglik", "generative"] | None = None  # default: the template's
-    choices: Literal["letters", "full"] | None = None  # default: the template's
-    per_token: bool = False
-    strategy: str = "direct"
-    strategy_options: dict[str, Any] = Field(default_factory=dict)
-    limit: int | None = Field(None, ge=1)
-    batch_size: int = Field(16, ge=1)
-    max_batch_tokens: int | None = Field(None, ge=16)  # loglik: tokens per forward; None = by device
-    max_length: int | None = Field(None, ge=8)
-    max_new_tokens: int = Field(32, ge=1)
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    seed: int = 0
+    template: str | None = Field(None, description="medqa | medmcqa | pubmedqa | mmlu | kormedmcqa | cmmlu | generic "
+                                 "| continuation, or a format string with {question}; default: the task's, else "
+                                 "generic")
+    shots: int = Field(0, ge=0, description="number of few-shot examples (first n)")
+    fewshot_data: str | None = Field(None, description="source of few-shot examples (default: the eval data)")
+    chat_template: bool = Field(False, description="apply the model's chat template")
+    system_prompt: str | None = Field(None, description="system prompt; 'model-default' keeps the template's own "
+                                      "(default: none)")
+    mode: Literal["loglik", "generative"] | None = Field(None, description="default: the template's")
+    choices: Literal["letters", "full"] | None = Field(None, description="default: the template's")
+    per_token: bool = Field(False, description="also report acc_per_token")
+    strategy: str = Field("direct", description="direct, or a strategy of meditune.evaluation.strategies (cot, "
+                          "self-consistency, knn-fewshot, medprompt)")
+    strategy_options: dict[str, Any] = Field(default_factory=dict, description="options of the strategy")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N items")
+    batch_size: int = Field(16, ge=1, description="most questions per forward pass / prompts per generate call")
+    max_batch_tokens: int | None = Field(None, ge=16, description="loglik: most tokens per forward (default: 2048 "
+                                         "on CPU, 32768 on GPU)")
+    max_length: int | None = Field(None, ge=8, description="context window (default: the model's)")
+    max_new_tokens: int = Field(32, ge=1, description="generative mode: tokens to generate")
+    device: str = Field("auto", description="cpu | cuda | auto")
+    dtype: str = Field("auto", description="float32 | bfloat16 | auto")
+    trust_remote_code: bool = Field(False, description="allow model code from the hub")
+    seed: int = Field(0, description="seed (bootstrap, sampling strategies)")
 
 
 # ---------------------------------------------------------------------------------------------- loading items

@@ -30,16 +30,17 @@ class OpenEvalOptions(BaseModel):
     task: str | None = Field(None, description="task name in results.json; default: the command/stage name")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items")
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    system_prompt: str | None = None  # None = no system prompt; "model-default" = the template's own
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    seed: int = 0
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend openai)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    system_prompt: str | None = Field(None, description="system prompt; 'model-default' keeps the template's own "
+                                      "(default: none)")
+    device: str = Field("auto", description="cpu | cuda | auto")
+    dtype: str = Field("auto", description="float32 | bfloat16 | auto")
+    trust_remote_code: bool = Field(False, description="allow model code from the hub")
+    batch_size: int = Field(16, ge=1, description="generation batch size")
+    max_new_tokens: int = Field(256, ge=1, description="answer length")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    seed: int = Field(0, description="seed (sampling, bootstrap)")
     judge: str | dict[str, Any] | None = Field(
         None, description="judge model spec, or BackendConfig fields ({backend, model, base_url, ...})")
     judge_max_new_tokens: int = Field(128, ge=1)

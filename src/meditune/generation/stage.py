@@ -17,32 +17,36 @@ class GenerateStageConfig(StageConfig):
 
     recipe_defaults = tuple(RECIPE_DEFAULTS)
 
-    data: str = Field(description="JSONL of requests or records, '@stage', or a data source spec")
-    limit: int | None = Field(None, ge=1)
+    data: str = Field(description="JSONL of requests ({id, messages | prompt, params?}) or records, '@stage', or a "
+                      "data source spec (NAME:PATH, sample:NAME)")
+    limit: int | None = Field(None, ge=1, description="only the first N items")
     # generator (see BackendConfig)
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    model: str | None = None
-    label: str | None = None
-    system_prompt: str | None = None  # None = the recipe's; "" = no system prompt; "model-default"; or the text
-    device: str | None = None
-    dtype: str | None = None
-    trust_remote_code: bool | None = None
-    batch_size: int = Field(16, ge=1)
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = Field(8, ge=1)
-    max_retries: int = Field(5, ge=0)
-    timeout_s: float = Field(120.0, gt=0)
+    model: str | None = Field(None, description="model spec, or the model name for backend openai (default: the "
+                              "recipe's, else default)")
+    label: str | None = Field(None, description="the generator's name in outputs (default: the model)")
+    system_prompt: str | None = Field(None, description="system prompt (default: the recipe's, else none; \"\" = none; "
+                                      "'model-default' keeps the template's)")
+    device: str | None = Field(None, description="cpu | cuda | auto (default: the recipe's)")
+    dtype: str | None = Field(None, description="float32 | bfloat16 | auto (default: the recipe's)")
+    trust_remote_code: bool | None = Field(None, description="allow model code from the hub (default: the recipe's)")
+    batch_size: int = Field(16, ge=1, description="most requests batched together")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend openai)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight (backend openai)")
+    max_retries: int = Field(5, ge=0, description="retries of a failed request (backend openai)")
+    timeout_s: float = Field(120.0, gt=0, description="seconds per request (backend openai)")
     # sampling
-    n: int = Field(1, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    n: int = Field(1, ge=1, description="samples per item")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
-    seed: int | None = None  # default: the recipe seed
-    stop: list[str] = Field(default_factory=list)
+    seed: int | None = Field(None, description="sampling seed (default: the recipe seed, else 0)")
+    stop: list[str] = Field(default_factory=list, description="stop string (repeatable)")
     # job
-    unit_size: int = Field(64, ge=1)
-    cache: bool = True  # share generations across stages of the run (run_dir/cache/generations)
+    unit_size: int = Field(64, ge=1, description="requests per work unit (resume granularity)")
+    cache: bool = Field(True, description="read and write the generation cache (a stage: the run's, "
+                        "run_dir/cache/generations)")
 
 
 def backend_config_of(config: GenerateStageConfig, recipe: Any) -> BackendConfig:
