@@ -17,7 +17,11 @@ from meditune.evaluation.tasks import get_task
 from meditune.evaluation.toxicity import ToxicityOptions, evaluate_toxicity
 from meditune.stages import RECIPE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults, stage_type
 
-EVAL_DEFAULTS = tuple(RECIPE_DEFAULTS)  # an evaluation takes every recipe-wide setting it leaves unset
+
+class EvalStageConfig(StageConfig):
+    """Base of the evaluation stage configs: an evaluation takes every recipe-wide setting it leaves unset."""
+
+    recipe_defaults = tuple(RECIPE_DEFAULTS)
 
 
 def effective_options(config: StageConfig, options_cls: type, recipe: Any, *, task_is_name: bool = True) -> Any:
@@ -31,10 +35,8 @@ def effective_options(config: StageConfig, options_cls: type, recipe: Any, *, ta
 
 # ------------------------------------------------------------------------------------------ multiple choice
 
-class MCQAStageConfig(StageConfig, MCQAOptions):
+class MCQAStageConfig(EvalStageConfig, MCQAOptions):
     """eval_mcqa stage: every option of `meditune eval mcqa` (see docs/evaluation-mcqa.md)."""
-
-    recipe_defaults = EVAL_DEFAULTS
 
 
 def estimate_mcqa(config: MCQAStageConfig, recipe: Any) -> dict[str, Any]:
@@ -58,46 +60,32 @@ def run_eval_mcqa(config: MCQAStageConfig, ctx: StageContext) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ open ended
 
-class OpenQAStageConfig(StageConfig, OpenQAOptions):
+class OpenQAStageConfig(EvalStageConfig, OpenQAOptions):
     """eval_open stage: the options of `meditune eval open` (see docs/evaluation-open.md)."""
 
-    recipe_defaults = EVAL_DEFAULTS
 
-
-class PairwiseStageConfig(StageConfig, PairwiseOptions):
+class PairwiseStageConfig(EvalStageConfig, PairwiseOptions):
     """eval_pairwise stage: the options of `meditune eval pairwise`."""
 
-    recipe_defaults = EVAL_DEFAULTS
 
-
-class HallucinationStageConfig(StageConfig, HallucinationOptions):
+class HallucinationStageConfig(EvalStageConfig, HallucinationOptions):
     """eval_hallucination stage: the options of `meditune eval hallucination`."""
 
-    recipe_defaults = EVAL_DEFAULTS
 
-
-class NERStageConfig(StageConfig, NEROptions):
+class NERStageConfig(EvalStageConfig, NEROptions):
     """eval_ner stage: the options of `meditune eval ner`."""
 
-    recipe_defaults = EVAL_DEFAULTS
 
-
-class SafetyStageConfig(StageConfig, SafetyOptions):
+class SafetyStageConfig(EvalStageConfig, SafetyOptions):
     """eval_safety stage: the options of `meditune eval safety`."""
 
-    recipe_defaults = EVAL_DEFAULTS
 
-
-class ToxicityStageConfig(StageConfig, ToxicityOptions):
+class ToxicityStageConfig(EvalStageConfig, ToxicityOptions):
     """eval_toxicity stage: the options of `meditune eval toxicity`."""
 
-    recipe_defaults = EVAL_DEFAULTS
 
-
-class BiasStageConfig(StageConfig, BiasOptions):
+class BiasStageConfig(EvalStageConfig, BiasOptions):
     """eval_bias stage: the options of `meditune eval bias`."""
-
-    recipe_defaults = EVAL_DEFAULTS
 
 
 def estimate_open(config: Any, recipe: Any) -> dict[str, Any]:
@@ -118,48 +106,30 @@ def estimate_open(config: Any, recipe: Any) -> dict[str, Any]:
     return out
 
 
-@stage_type("eval_open", OpenQAStageConfig, "open QA / dialogue answers vs references: BLEU-1/2/4, ROUGE-1/2/L "
-            "with CIs", estimate=estimate_open)
-def run_eval_open(config: OpenQAStageConfig, ctx: StageContext) -> dict[str, str]:
-    """Run eval_open and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_openqa(effective_options(config, OpenQAOptions, ctx.recipe), ctx.stage_dir)
+# stage type -> (config, options, evaluate, description)
+OPEN_STAGES = {
+    "eval_open": (OpenQAStageConfig, OpenQAOptions, evaluate_openqa,
+                  "open QA / dialogue answers vs references: BLEU-1/2/4, ROUGE-1/2/L with CIs"),
+    "eval_pairwise": (PairwiseStageConfig, PairwiseOptions, evaluate_pairwise,
+                      "pairwise judge of 2+ systems in both orders: win rates, Elo with bootstrap CIs"),
+    "eval_hallucination": (HallucinationStageConfig, HallucinationOptions, evaluate_hallucination,
+                           "DAHL score and must-have / nice-to-have coverage"),
+    "eval_ner": (NERStageConfig, NEROptions, evaluate_ner, "prompted clinical NER: exact span+type P/R/F1"),
+    "eval_safety": (SafetyStageConfig, SafetyOptions, evaluate_safety,
+                    "harmful-compliance per category, over-refusal on benign questions, harmfulness"),
+    "eval_toxicity": (ToxicityStageConfig, ToxicityOptions, evaluate_toxicity,
+                      "ToxiGen-style continuation toxicity by group"),
+    "eval_bias": (BiasStageConfig, BiasOptions, evaluate_bias, "attitude-scale bias probe with demographic swaps"),
+}
 
 
-@stage_type("eval_pairwise", PairwiseStageConfig, "pairwise judge of 2+ systems in both orders: win rates, Elo "
-            "with bootstrap CIs", estimate=estimate_open)
-def run_eval_pairwise(config: PairwiseStageConfig, ctx: StageContext) -> dict[str, str]:
-    """Run eval_pairwise and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_pairwise(effective_options(config, PairwiseOptions, ctx.recipe), ctx.stage_dir)
+def _register_open(type_name: str, config: type[StageConfig], options: type, evaluate: Any, description: str) -> None:
+    def run(cfg: Any, ctx: StageContext) -> dict[str, str]:
+        return evaluate(effective_options(cfg, options, ctx.recipe), ctx.stage_dir)
+
+    run.__doc__ = f"Run {type_name} and write results.json + samples.jsonl in the stage directory."
+    stage_type(type_name, config, description, estimate=estimate_open)(run)
 
 
-@stage_type("eval_hallucination", HallucinationStageConfig, "DAHL score and must-have / nice-to-have coverage",
-            estimate=estimate_open)
-def run_eval_hallucination(config: HallucinationStageConfig, ctx: StageContext) -> dict[str, str]:
-    """Run eval_hallucination and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_hallucination(effective_options(config, HallucinationOptions, ctx.recipe), ctx.stage_dir)
-
-
-@stage_type("eval_ner", NERStageConfig, "prompted clinical NER: exact span+type P/R/F1", estimate=estimate_open)
-def run_eval_ner(config: NERStageConfig, ctx: StageContext) -> dict[str, str]:
-    """Run eval_ner and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_ner(effective_options(config, NEROptions, ctx.recipe), ctx.stage_dir)
-
-
-@stage_type("eval_safety", SafetyStageConfig, "harmful-compliance per category, over-refusal on benign questions, "
-            "harmfulness", estimate=estimate_open)
-def run_eval_safety(config: SafetyStageConfig, ctx: StageContext) -> dict[str, str]:
-    """Run eval_safety and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_safety(effective_options(config, SafetyOptions, ctx.recipe), ctx.stage_dir)
-
-
-@stage_type("eval_toxicity", ToxicityStageConfig, "ToxiGen-style continuation toxicity by group",
-            estimate=estimate_open)
-def run_eval_toxicity(config: ToxicityStageConfig, ctx: StageContext) -> dict[str, str]:
-    """Run eval_toxicity and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_toxicity(effective_options(config, ToxicityOptions, ctx.recipe), ctx.stage_dir)
-
-
-@stage_type("eval_bias", BiasStageConfig, "attitude-scale bias probe with demographic swaps", estimate=estimate_open)
-def run_eval_bias(config: BiasStageConfig, ctx: StageContext) -> dict[str, str]:
-    """Run eval_bias and write results.json + samples.jsonl in the stage directory."""
-    return evaluate_bias(effective_options(config, BiasOptions, ctx.recipe), ctx.stage_dir)
+for _type, _row in OPEN_STAGES.items():
+    _register_open(_type, *_row)

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from meditune.stages import StageContext, stage_type
-from meditune.training.cpt import CPTStageConfig
-from meditune.training.dpo import DPOStageConfig
-from meditune.training.idpo import IDPOStageConfig
-from meditune.training.orpo import ORPOStageConfig
-from meditune.training.rm import RMStageConfig
-from meditune.training.rs import RSStageConfig
-from meditune.training.sft import SFTStageConfig
+from meditune.training.cpt import CPTStageConfig, train_cpt
+from meditune.training.dpo import DPOStageConfig, train_dpo
+from meditune.training.idpo import IDPOStageConfig, train_idpo, train_multistage_dpo
+from meditune.training.orpo import ORPOStageConfig, train_orpo
+from meditune.training.rm import RMStageConfig, train_rm
+from meditune.training.rs import RSStageConfig, train_rs
+from meditune.training.sft import SFTStageConfig, train_sft
 
 
 def count_examples(data: str | list[str] | None) -> int | None:
@@ -57,57 +57,23 @@ def estimate(cfg: Any, recipe: Any) -> dict[str, Any]:
     return out
 
 
-@stage_type("cpt", CPTStageConfig, "continued pre-training on raw text, packed", estimate=estimate)
-def run_cpt(cfg: CPTStageConfig, ctx: StageContext) -> dict[str, str]:
-    from meditune.training.cpt import train_cpt
-
-    return train_cpt(cfg, ctx)
-
-
-@stage_type("sft", SFTStageConfig, "supervised fine-tuning, loss on assistant turns (LoRA or full)",
-            estimate=estimate)
-def run_sft(cfg: SFTStageConfig, ctx: StageContext) -> dict[str, str]:
-    from meditune.training.sft import train_sft
-
-    return train_sft(cfg, ctx)
-
-
-@stage_type("dpo", DPOStageConfig, "DPO (LoRA: adapter-off reference; full: precomputed reference); "
-            "a list of datasets runs them in sequence", estimate=estimate)
 def run_dpo(cfg: DPOStageConfig, ctx: StageContext) -> dict[str, str]:
-    from meditune.training.dpo import train_dpo
-    from meditune.training.idpo import train_multistage_dpo
-
+    """DPO on one dataset, or on each of a list in sequence (multi-stage DPO)."""
     if isinstance(cfg.data, list) and len(cfg.data) > 1:
         return train_multistage_dpo(cfg, ctx)
     return train_dpo(cfg, ctx)
 
 
-@stage_type("orpo", ORPOStageConfig, "ORPO preference optimisation (no reference model)", estimate=estimate)
-def run_orpo(cfg: ORPOStageConfig, ctx: StageContext) -> dict[str, str]:
-    from meditune.training.orpo import train_orpo
-
-    return train_orpo(cfg, ctx)
-
-
-@stage_type("rm", RMStageConfig, "reward model (sequence classification) with held-out pairwise accuracy",
-            estimate=estimate)
-def run_rm(cfg: RMStageConfig, ctx: StageContext) -> dict[str, str]:
-    from meditune.training.rm import train_rm
-
-    return train_rm(cfg, ctx)
-
-
-@stage_type("rs", RSStageConfig, "rejection sampling: sample k, keep top-K by score, SFT; rounds",
-            estimate=estimate)
-def run_rs(cfg: RSStageConfig, ctx: StageContext) -> dict[str, str]:
-    from meditune.training.rs import train_rs
-
-    return train_rs(cfg, ctx)
-
-
-@stage_type("idpo", IDPOStageConfig, "iterative DPO: sample n, DPO on best vs worst; rounds", estimate=estimate)
-def run_idpo(cfg: IDPOStageConfig, ctx: StageContext) -> dict[str, str]:
-    from meditune.training.idpo import train_idpo
-
-    return train_idpo(cfg, ctx)
+# stage type -> (config, run, description)
+STAGES = {
+    "cpt": (CPTStageConfig, train_cpt, "continued pre-training on raw text, packed"),
+    "sft": (SFTStageConfig, train_sft, "supervised fine-tuning, loss on assistant turns (LoRA or full)"),
+    "dpo": (DPOStageConfig, run_dpo, "DPO (LoRA: adapter-off reference; full: precomputed reference); a list of "
+            "datasets runs them in sequence"),
+    "orpo": (ORPOStageConfig, train_orpo, "ORPO preference optimisation (no reference model)"),
+    "rm": (RMStageConfig, train_rm, "reward model (sequence classification) with held-out pairwise accuracy"),
+    "rs": (RSStageConfig, train_rs, "rejection sampling: sample k, keep top-K by score, SFT; rounds"),
+    "idpo": (IDPOStageConfig, train_idpo, "iterative DPO: sample n, DPO on best vs worst; rounds"),
+}
+for _type, (_config, _run, _description) in STAGES.items():
+    stage_type(_type, _config, _description, estimate=estimate)(_run)
