@@ -16,7 +16,8 @@ from meditune.errors import ConfigError, InputError
 from meditune.merging.config import evaluate, parse_merge_config
 from meditune.merging.io import SafetensorsModel
 from meditune.merging.merge import layer_position, run_merge
-from meditune.merging.methods import METHODS, TensorJob, _magnitude_stats, slerp_coefficients
+from meditune.merging.methods import METHODS, TensorJob, slerp_coefficients
+from meditune.merging.sparsify import MagnitudeTrim, TopK
 
 
 def load_dir(d: Path) -> dict[str, torch.Tensor]:
@@ -185,10 +186,10 @@ def test_dare_ties_runs_and_density_one_is_ties_without_trim(trio, tmp_path):
 
 def test_every_registered_method_runs(trio, tmp_path):
     a, b, c = trio
+    given = {"slerp": {"t": 0.5}, "nuslerp": {"weight": 0.5}}  # their required parameters
     for name in METHODS:
         models = [str(b)] if name == "slerp" else [str(b), str(c)]
-        cfg = {"merge_method": name, "base_model": str(a), "models": models,
-               "parameters": {"t": 0.5} if name == "slerp" else {}}
+        cfg = {"merge_method": name, "base_model": str(a), "models": models, "parameters": given.get(name, {})}
         out, _ = merge(tmp_path, cfg, name)
         assert all(torch.isfinite(v).all() for v in load_dir(out).values())
 
@@ -200,6 +201,13 @@ def test_chunked_equals_whole_tensor(trio, tmp_path, monkeypatch):
                             {"model": str(c), "parameters": {"density": 0.6}}], "parameters": {"rescale": True}},
         "slerp": {"models": [str(b)], "parameters": {"t": 0.3}},
         "dare_ties": {"models": [{"model": str(b), "parameters": {"density": 0.5}}, str(c)]},
+        "breadcrumbs_ties": {"models": [{"model": str(b), "parameters": {"density": 0.5, "gamma": 0.1}},
+                                        {"model": str(c), "parameters": {"density": 0.3}}],
+                             "parameters": {"rescale": True}},
+        "model_stock": {"models": [str(b), str(c)]},
+        "nuslerp": {"models": [{"model": str(b), "parameters": {"weight": 0.3}},
+                               {"model": str(c), "parameters": {"weight": 0.6}}],
+                    "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}},
     }
     for name, extra in cfgs.items():
         cfg = {"merge_method": name, "base_model": str(a), "seed": 3, **extra}
@@ -230,6 +238,10 @@ def test_parameter_gradients_and_filters(trio, tmp_path):
             torch.testing.assert_close(M[k], A[k], rtol=0, atol=1e-7)
         else:  # layer 1 of 2: t = 1, weight 1
             torch.testing.assert_close(M[k], B[k], rtol=0, atol=1e-6)
+
+
+def _magnitude_stats(job: TensorJob, i: int, density: float, rescale: bool, tie_break: str = "position") -> TopK:
+    return MagnitudeTrim(job, i, density, rescale, tie_break).topk
 
 
 def _job_over(base: torch.Tensor, other: torch.Tensor, chunk_rows: int) -> TensorJob:
@@ -462,7 +474,7 @@ def test_config_errors(trio, tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter 'densty'"):
         merge(tmp_path, {"merge_method": "ties", "base_model": str(a),
                          "models": [{"model": str(b), "parameters": {"densty": 0.5}}]})
-    with pytest.raises(ConfigError, match="tie_break must be one of"):
+    with pytest.raises(ConfigError, match="'tie_break' must be one of"):
         merge(tmp_path, {"merge_method": "ties", "base_model": str(a), "parameters": {"tie_break": "first"},
                          "models": [{"model": str(b), "parameters": {"density": 0.5}}]})
     with pytest.raises(ConfigError, match="'t' is required"):
@@ -472,6 +484,50 @@ def test_config_errors(trio, tmp_path):
                          "parameters": {"t": 0.5}})
     with pytest.raises(ConfigError, match="unknown key 'modles'; did you mean 'models'"):
         parse_merge_config({"merge_method": "linear", "modles": []})
+
+
+def test_new_methods_config_errors_name_the_key_before_writing(trio, tmp_path):
+    a, b, c = trio
+
+    def fails(cfg: dict, match: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            merge(tmp_path, cfg, "bad")
+        assert not (tmp_path / "bad").exists() and not list((tmp_path / "bad.partial").glob("model*"))
+
+    for name in ("della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "model_stock"):
+        fails({"merge_method": name, "models": [str(b), str(c)]}, f"^{name} needs a base_model")
+    fails({"merge_method": "della", "base_model": str(a), "models": [
+        str(b), {"model": str(c), "parameters": {"density": 1.5}}]},
+        r"della: 'density' must be in \[0, 1\], got 1.5 \(model .*/c, tensor ")
+    fails({"merge_method": "della_linear", "base_model": str(a), "models": [str(b)],
+           "parameters": {"density": 0.8, "epsilon": 0.3}}, "'epsilon' 0.3 with 'density' 0.8")
+    fails({"merge_method": "della", "base_model": str(a), "models": [str(b)],  # a gradient: bad in one layer
+           "parameters": {"density": [0.5, 0.1], "epsilon": 0.15}}, r"'epsilon' 0.15 with 'density' 0.1: .*layers\.1")
+    fails({"merge_method": "breadcrumbs", "base_model": str(a), "models": [str(b)],
+           "parameters": {"density": 0.5, "gamma": -0.1}}, "'gamma' must be in")
+    fails({"merge_method": "nuslerp", "models": [{"model": str(b), "parameters": {"weight": 1.0}}, str(c)]},
+          "nuslerp: parameter 'weight' is required for every model but the base .*/c")
+    fails({"merge_method": "nuslerp", "models": [str(a), str(b), str(c)], "parameters": {"weight": 1.0}},
+          "nuslerp needs exactly 2 models besides the base; got 3")
+    fails({"merge_method": "model_stock", "base_model": str(a), "models": [str(b)]}, "at least 3 models")
+    fails({"merge_method": "della", "base_model": str(a), "models": [str(b)], "parameters": {"gama": 0.1}},
+          "unknown parameter 'gama'")
+
+
+def test_nuslerp_base_is_optional(trio, tmp_path):
+    from meditune.merging.methods import nuslerp_coefficients
+
+    a, b, c = trio
+    models = [{"model": str(b), "parameters": {"weight": 1.0}}, {"model": str(c), "parameters": {"weight": 3.0}}]
+    plain, summary = merge(tmp_path, {"merge_method": "nuslerp", "models": models}, "plain")
+    assert summary["base_model"] is None
+    based, _ = merge(tmp_path, {"merge_method": "nuslerp", "base_model": str(a), "models": models}, "based")
+    A, B, C = load_dir(a), load_dir(b), load_dir(c)
+    k = "model.layers.0.mlp.up_proj.weight"
+    for out, x, y, shift in ((plain, B[k], C[k], 0), (based, B[k] - A[k], C[k] - A[k], A[k])):
+        xd, yd = x.double(), y.double()
+        ca, cb = nuslerp_coefficients(0.75, (xd * xd).sum(), (yd * yd).sum(), (xd * yd).sum())
+        torch.testing.assert_close(load_dir(out)[k], shift + float(ca) * x + float(cb) * y, rtol=0, atol=1e-6)
 
 
 def test_lazy_reader_reads_row_ranges(trio):

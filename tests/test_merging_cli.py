@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from meditune.cli import main
 from meditune.merging.config import parse_merge_config
@@ -90,6 +91,29 @@ def test_cli_merge_and_errors(tiny_model_dir, tmp_path, capsys):
     cfg.write_text("merge_method: linear\nmodels: [default]\nweights: 1\n")
     assert main(["merge", str(cfg), "--out", str(tmp_path / "x")]) == 2
     assert "unknown key 'weights'" in capsys.readouterr().err
+
+
+def test_cli_merge_model_stock_and_a_della_range_error(tiny_model_dir, tmp_path, capsys):
+    ft = shutil.copytree(tiny_model_dir, tmp_path / "ft")
+    g = torch.Generator().manual_seed(0)
+    tuned = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in load_dir(tiny_model_dir).items()}
+    save_file(tuned, ft / "model.safetensors", metadata={"format": "pt"})
+    twin = shutil.copytree(ft, tmp_path / "twin")
+    cfg = tmp_path / "stock.yaml"
+    cfg.write_text(yaml.safe_dump({"merge_method": "model_stock", "base_model": str(tiny_model_dir),
+                                   "models": [str(ft), str(twin)], "parameters": {"filter_wise": True}}))
+    out = tmp_path / "stock"
+    assert main(["merge", str(cfg), "--out", str(out)]) == 0
+    assert json.loads((out / "meditune_merge.json").read_text())["method"] == "model_stock"
+    got = load_dir(out)
+    for k, v in tuned.items():  # identical task vectors: cos 1, t = 2 cos / (1 + cos) = 1, the models' average
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6)
+    cfg.write_text(yaml.safe_dump({"merge_method": "della", "base_model": str(tiny_model_dir), "models": [str(ft)],
+                                   "parameters": {"density": 0.9, "epsilon": 0.15}}))
+    assert main(["merge", str(cfg), "--out", str(tmp_path / "della")]) == 2
+    err = capsys.readouterr().err
+    assert "'epsilon' 0.15 with 'density' 0.9" in err and "Traceback" not in err
+    assert not (tmp_path / "della").exists()
 
 
 def test_merge_stage_in_a_recipe_with_stage_refs(tiny_model_dir, tmp_path):

@@ -82,8 +82,12 @@ def layer_position(name: str, n_layers: int) -> float:
 
 
 def resolve_params(method: Method, spec: MergeSpec, per_specs: list[dict[str, Any]], name: str,
-                   t: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Shared and per-input parameter values for one tensor (per-model > top-level > method default)."""
+                   t: float, base: int | None = None,
+                   labels: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Shared and per-input parameter values for one tensor (per-model > top-level > method default).
+
+    A required per-model parameter must be given for every input but the base (which has no value).
+    """
     shared = {}
     for key, default in method.shared.items():
         value = evaluate(spec.parameters[key], name, t) if key in spec.parameters else None
@@ -93,7 +97,7 @@ def resolve_params(method: Method, spec: MergeSpec, per_specs: list[dict[str, An
             value = default
         shared[key] = value
     per = []
-    for own in per_specs:
+    for i, own in enumerate(per_specs):
         vals = {}
         for key, default in method.per_model.items():
             value = None
@@ -102,6 +106,10 @@ def resolve_params(method: Method, spec: MergeSpec, per_specs: list[dict[str, An
                     value = evaluate(scope[key], name, t)
                     if value is not None:
                         break
+            if value is None and default is REQUIRED and i != base:
+                who = labels[i] if labels else f"input {i}"
+                raise ConfigError(f"{method.name}: parameter '{key}' is required for every model but the base "
+                                  f"(no value for {who} at tensor {name})")
             vals[key] = default if value is None else value
         per.append(vals)
     return shared, per
@@ -115,6 +123,16 @@ def _check_params(method: Method, spec: MergeSpec) -> None:
             if key not in known:
                 raise ConfigError(f"{where}: unknown parameter '{key}' for {method.name}; "
                                   f"valid: {', '.join(sorted(known))}")
+
+
+def _check_values(method: Method, shared: dict[str, Any], per: list[dict[str, Any]], base: int | None,
+                  labels: list[str], name: str) -> None:
+    """The method's range checks on one tensor's parameters, for every model but the base."""
+    if method.check is None:
+        return
+    for i, values in enumerate(per):
+        if i != base and (problem := method.check(shared, values)):
+            raise ConfigError(f"{method.name}: {problem} (model {labels[i]}, tensor {name})")
 
 
 def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict[str, Any]:
@@ -137,7 +155,7 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: 
         per_specs.append(entry.parameters)
         tok_dirs[entry.model], weight_dirs[entry.model] = tdir, wdir
     base: int | None = None
-    if method.needs_base:
+    if method.needs_base or (method.optional_base and spec.base_model):
         if not spec.base_model:
             raise ConfigError(f"{method.name} needs a base_model")
         labels = [inp.label for inp in inputs]
@@ -156,6 +174,11 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: 
         want = (f"exactly {method.min_inputs}" if method.min_inputs == method.max_inputs
                 else f"at least {method.min_inputs}")
         raise ConfigError(f"{method.name} needs {want} models (base included); got {n}")
+    n_other = n - int(base is not None)
+    if n_other < method.min_non_base or (method.max_non_base is not None and n_other > method.max_non_base):
+        want = (f"exactly {method.min_non_base}" if method.min_non_base == method.max_non_base
+                else f"at least {method.min_non_base}")
+        raise ConfigError(f"{method.name} needs {want} models besides the base; got {n_other}")
 
     check_architecture(inputs)
     ref = inputs[base if base is not None else 0]
@@ -181,6 +204,13 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: 
         floating = all(i.dtype.is_floating_point for i in infos)
         out = DTYPES.get(spec.out_dtype or spec.dtype or "", ref_info.dtype) if floating else ref_info.dtype
         plan.append((name, out, ref_info.shape if name not in resized else (int(target_vocab), *ref_info.shape[1:])))
+    n_layers = int(ref.source.config.get("num_hidden_layers") or _count_layers(names))
+    labels = [inp.label for inp in inputs]
+    params = {}  # every tensor's parameters, resolved and checked before anything is written
+    for name, out_dtype, _shape in plan:
+        if out_dtype.is_floating_point:
+            params[name] = resolve_params(method, spec, per_specs, name, layer_position(name, n_layers), base, labels)
+            _check_values(method, *params[name], base, labels, name)
     writer = ShardedWriter(partial, plan, parse_size(spec.shard_size))
     fingerprint = hash_obj({"spec": spec.model_dump(mode="json"), "seed": seed, "plan": [
         (n_, str(d), s) for n_, d, s in plan], "inputs": [
@@ -191,7 +221,6 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: 
             f.unlink()  # a different merge was interrupted here: start over
     write_json(state_file, {"fingerprint": fingerprint})
     done = writer.done_shards()
-    n_layers = int(ref.source.config.get("num_hidden_layers") or _count_layers(names))
 
     try:
         for k, (name, out_dtype, shape) in enumerate(plan):
@@ -202,7 +231,7 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: 
                 writer.write(ref.source.read_rows(ref.lookup(name), 0, ref.source.info(ref.lookup(name)).rows))
             else:
                 job = _job(name, shape, inputs, base, cast, spec.seed if spec.seed is not None else seed)
-                shared, per = resolve_params(method, spec, per_specs, name, layer_position(name, n_layers))
+                shared, per = params[name]
                 for chunk in method.run(job, shared, per):
                     writer.write(chunk)
             writer.end()

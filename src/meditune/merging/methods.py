@@ -2,46 +2,29 @@
 
 A method gets a TensorJob (lazy, row-chunked access to one output tensor's inputs) and yields the output
 tensor's rows chunk by chunk, so the driver can stream them to disk. Methods that need whole-tensor
-statistics (SLERP's angle, TIES's magnitude threshold, DARE's L1 rescale) take them in a first pass over
-the chunks; everything else is elementwise. The pure helpers (linear_combine, slerp_coefficients,
-combine_deltas, TopK, ...) are the math, testable on plain tensors.
-
+statistics (SLERP's and NuSLERP's angles, Model Stock's cosines, the trims' thresholds and L1 rescales) take
+them in first passes over the chunks; everything else is elementwise. The pure helpers (linear_combine,
+slerp_coefficients, nuslerp_coefficients, model_stock_ratio, combine_deltas) are the math, testable on plain
+tensors; the task-vector trims live in sparsify.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from meditune.errors import ConfigError
+from meditune.merging import sparsify
+from meditune.merging.job import TensorJob
+
+__all__ = ["METHODS", "REQUIRED", "Method", "TensorJob", "get_method", "register"]
 
 SLERP_DOT_THRESHOLD = 0.9995  # above it the vectors are (anti)collinear: interpolate linearly
 EPS = 1e-8
-
-
-@dataclass
-class TensorJob:
-    """One output tensor's inputs: `read(i, start, stop)` returns rows of input i in the compute dtype."""
-
-    name: str
-    shape: tuple[int, ...]
-    chunks: list[tuple[int, int]]
-    read: Callable[[int, int, int], torch.Tensor]
-    n_inputs: int
-    base: int | None  # index of the base model among the inputs
-    seed: int = 0
-    input_ids: list[int] = field(default_factory=list)  # stable per-model ids (position in the config)
-
-    def generator(self, i: int) -> torch.Generator:
-        """A generator seeded by (seed, tensor name, model): masks do not depend on merge order or resume."""
-        mid = self.input_ids[i] if self.input_ids else i
-        digest = hashlib.sha256(f"{self.seed}|{self.name}|{mid}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 @dataclass(frozen=True)
@@ -53,9 +36,13 @@ class Method:
     needs_base: bool
     shared: dict[str, Any]  # shared parameter -> default (REQUIRED when it must be given)
     per_model: dict[str, Any]  # per-model parameter -> default
-    min_inputs: int = 1
+    min_inputs: int = 1  # inputs in all, the base included
     max_inputs: int | None = None
     description: str = ""
+    optional_base: bool = False  # a given base_model is used (its task vectors are merged), none is needed
+    min_non_base: int = 0
+    max_non_base: int | None = None
+    check: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None  # (shared, one model's) -> error
 
 
 REQUIRED = object()
@@ -159,207 +146,171 @@ def _slerp(job: TensorJob, p: dict[str, Any], per: list[dict[str, Any]]) -> Iter
         yield a.mul_(ca).add_(b, alpha=cb)
 
 
-def _delta(job: TensorJob, i: int, r0: int, r1: int) -> torch.Tensor:
-    return job.read(i, r0, r1) - job.read(job.base, r0, r1)
+def _trim(kind: str | None, job: TensorJob, i: int, p: dict[str, Any], q: dict[str, Any]) -> sparsify.Trim:
+    """Model i's task-vector trim for one tensor (mergekit's `sparsify`, dispatching on the method)."""
+    density = float(q["density"])
+    if kind is None or density >= 1:
+        return sparsify.Trim()
+    if density <= 0:
+        return sparsify.ZeroTrim()
+    if kind == "magnitude":
+        return sparsify.MagnitudeTrim(job, i, density, p["rescale"], p["tie_break"])
+    if kind == "outliers":
+        return sparsify.OutlierTrim(job, i, density, float(q["gamma"]), p["rescale"], p["tie_break"])
+    if kind == "random":
+        return sparsify.RandomTrim(job, i, density, p["rescale"], p["rescale_by"])
+    return sparsify.DellaTrim(job, i, density, float(q["epsilon"]), p["rescale"])
 
 
-TIE_BREAKS = ("position", "mergekit")
-
-
-@dataclass
-class TopK:
-    """Which entries a magnitude trim keeps: |d| > threshold, plus `ties` of the `tied` entries equal to it.
-
-    Exactly k entries are kept, as in mergekit (an argsort's top k). Which tied entries are kept depends on
-    the tie-break: "position" keeps the first ones in row-major order (streamed, no buffer); "mergekit" keeps
-    the ones torch.argsort(descending=True)[:k] keeps, listed in `tied_kept` (sorted flat positions).
-    """
-
-    threshold: float
-    ties: int
-    tied: int = 0
-    scale: float = 1.0
-    tied_kept: torch.Tensor | None = None
-    _left: int = field(default=-1, repr=False)  # position tie-break: tied entries still to keep
-
-    def mask(self, mags: torch.Tensor, start: int) -> torch.Tensor:
-        """Keep-mask of the next chunk of magnitudes, whose first element has flat index `start`.
-
-        Chunks must come in order (the position tie-break counts the tied entries seen so far).
-        """
-        keep = mags > self.threshold
-        if self.tied_kept is not None:
-            lo, hi = torch.searchsorted(self.tied_kept, torch.tensor([start, start + mags.numel()])).tolist()
-            keep.reshape(-1)[self.tied_kept[lo:hi] - start] = True
-            return keep
-        if self._left < 0:
-            self._left = self.ties
-        if self._left > 0:
-            eq = mags == self.threshold
-            if bool(eq.any()):
-                order = eq.reshape(-1).cumsum(0).reshape(eq.shape)
-                keep |= eq & (order <= self._left)
-                self._left -= min(self._left, int(eq.sum()))
-        return keep
-
-
-def _magnitudes(job: TensorJob, i: int, r0: int, r1: int, tie_break: str) -> torch.Tensor:
-    """|delta| of some rows; as float32 for the mergekit tie-break (mergekit sorts float32 on CPU)."""
-    m = _delta(job, i, r0, r1).abs()
-    return m.float() if tie_break == "mergekit" else m
-
-
-def _magnitude_stats(job: TensorJob, i: int, density: float, rescale: bool, tie_break: str = "position") -> TopK:
-    """The k = density * numel largest-|delta| entries of one model's task vector, found in streaming passes.
-
-    Pass 1 takes a strided sample to bracket the k-th largest value; pass 2 counts above the bracket and
-    keeps only the values inside it, so memory is the chunks in flight plus a few percent of the tensor
-    (the bracket widens and pass 2 repeats in the rare case it missed). Only when the k-th value is tied
-    (some but not all of the tied entries are kept) does the mergekit tie-break sort the whole tensor.
-    """
-    if tie_break not in TIE_BREAKS:
-        raise ConfigError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
-    numel = math.prod(job.shape)
-    k = max(1, int(density * numel))
-    step = max(1, numel // (1 << 16))
-    sample = torch.cat([_magnitudes(job, i, r0, r1, tie_break).reshape(-1)[::step] for r0, r1 in job.chunks])
-    frac, margin = 1 - k / numel, 0.02
-    while True:
-        lo_rank, hi_rank = int((frac - margin) * sample.numel()), int((frac + margin) * sample.numel()) + 1
-        lo = 0.0 if lo_rank < 1 else float(torch.kthvalue(sample, lo_rank).values)
-        hi = math.inf if hi_rank >= sample.numel() else float(torch.kthvalue(sample, hi_rank).values)
-        above = at_least_lo = n_hi = 0
-        sum_above = total = 0.0
-        inside = []  # only values strictly inside the bracket: ties at its ends are counted, not stored
-        for r0, r1 in job.chunks:
-            m = _magnitudes(job, i, r0, r1, tie_break).reshape(-1)
-            gt = m > hi
-            above += int(gt.sum())
-            sum_above += float(m[gt].sum(dtype=torch.float64))
-            at_least_lo += int((m >= lo).sum())
-            n_hi += int((m == hi).sum())
-            total += float(m.sum(dtype=torch.float64))
-            inside.append(m[(m > lo) & (m < hi)])
-        if above < k <= at_least_lo:
-            break
-        margin *= 4  # the sample's bracket missed the k-th value: widen it (lo -> 0, hi -> inf eventually)
-    mid = torch.cat(inside)
-    r = k - above  # rank (from the top) of the k-th largest among the values in [lo, hi]
-    sum_hi = n_hi * hi if n_hi else 0.0
-    if r <= n_hi:
-        thr, greater, sum_greater, tied = hi, above, sum_above, n_hi
-    elif r <= n_hi + mid.numel():
-        thr = float(torch.kthvalue(mid, mid.numel() - (r - n_hi) + 1).values)
-        sel = mid > thr
-        greater = above + n_hi + int(sel.sum())
-        sum_greater = sum_above + sum_hi + float(mid[sel].sum(dtype=torch.float64))
-        tied = int((mid == thr).sum())
-    else:
-        thr = lo
-        greater = above + n_hi + mid.numel()
-        sum_greater = sum_above + sum_hi + float(mid.sum(dtype=torch.float64))
-        tied = at_least_lo - greater  # the entries equal to lo
-    topk = TopK(thr, k - greater, tied)
-    if rescale:  # L1 norm matching, as mergekit's rescaled_masked_tensor
-        after = sum_greater + topk.ties * thr
-        if total >= 1e-7 and after >= 1e-7:
-            topk.scale = total / after
-    # Tied zeros need no choice: a zero delta adds nothing and has no sign to elect.
-    if tie_break == "mergekit" and thr > 0 and 0 < topk.ties < topk.tied:
-        del sample, inside, mid  # free the bracket's values before the whole-tensor sort
-        topk.tied_kept = _argsort_tied_kept(job, i, k, thr)
-    return topk
-
-
-def _argsort_tied_kept(job: TensorJob, i: int, k: int, thr: float) -> torch.Tensor:
-    """Flat positions of the entries equal to `thr` among mergekit's `torch.argsort(|d|, descending=True)[:k]`.
-
-    torch's CPU sort is not stable, but it is deterministic for the same input (checked: independent of the
-    thread count and of the buffer's alignment), so running it on the same float32 magnitudes reproduces
-    mergekit's choice. Costs 20 bytes per element of this tensor (measured: float32 magnitudes sorted in
-    place, int64 indices, and 8 bytes per element that torch's sort allocates internally).
-    """
-    w = torch.empty(math.prod(job.shape), dtype=torch.float32)
-    pos = 0
-    for r0, r1 in job.chunks:
-        m = _magnitudes(job, i, r0, r1, "mergekit").reshape(-1)
-        w[pos:pos + m.numel()] = m
-        pos += m.numel()
-    idx = torch.empty(w.numel(), dtype=torch.long)
-    torch.sort(w, descending=True, out=(w, idx))  # the kernel torch.argsort runs: same order, no extra copy
-    kept = idx[:k][w[:k] == thr]
-    del w, idx
-    return kept.sort().values
-
-
-def _random_mask(gen: torch.Generator, shape: torch.Size, density: float) -> torch.Tensor:
-    return torch.rand(shape, generator=gen) < density
-
-
-def _random_scale(job: TensorJob, i: int, density: float, rescale: bool, rescale_by: str) -> float:
-    """DARE's rescaling: L1 norm matching (mergekit) or the paper's 1/density."""
-    if not rescale:
-        return 1.0
-    if rescale_by == "density":
-        return 1.0 / density
-    if rescale_by != "l1":
-        raise ConfigError(f"rescale_by must be 'l1' or 'density', not {rescale_by!r}")
-    gen = job.generator(i)
-    before = after = 0.0
-    for r0, r1 in job.chunks:
-        d = _delta(job, i, r0, r1)
-        before += float(d.abs().sum(dtype=torch.float64))
-        after += float((d.abs() * _random_mask(gen, d.shape, density)).sum(dtype=torch.float64))
-    return before / after if before >= 1e-7 and after >= 1e-7 else 1.0
-
-
-def _gta(consensus: str | None, sparsify: str | None):
-    """Generalized task arithmetic: task_arithmetic, ties, dare_linear, dare_ties."""
+def _gta(consensus: str | None, trim: str | None):
+    """Generalized task arithmetic: task_arithmetic, ties, dare_*, breadcrumbs*, della* (mergekit's GTA)."""
 
     def run(job: TensorJob, p: dict[str, Any], per: list[dict[str, Any]]) -> Iterator[torch.Tensor]:
-        others = [i for i in range(job.n_inputs) if i != job.base]
+        others = job.others()
+        if trim == "della" and len(job.shape) == 1:
+            job = replace(job, chunks=[(0, job.shape[0])])  # DELLA ranks a 1-D tensor as one row
+        trims = [_trim(trim, job, i, p, per[i]) for i in others]
         weights = [float(per[i]["weight"]) for i in others]
-        dens = [float(per[i]["density"]) for i in others]
-        for d in dens:
-            if sparsify and not 0 <= d <= 1:
-                raise ConfigError(f"density must be in [0, 1], got {d} for {job.name}")
-        prep: list[tuple[str, Any, float]] = []  # (mode, TopK or None, scale) per non-base model
-        for i, d in zip(others, dens, strict=True):
-            if not sparsify or d >= 1:
-                prep.append(("keep", None, 1.0))
-            elif d <= 0:
-                prep.append(("zero", None, 0.0))
-            elif sparsify == "magnitude":
-                topk = _magnitude_stats(job, i, d, p["rescale"], p["tie_break"])
-                prep.append(("magnitude", topk, topk.scale))
-            else:
-                prep.append(("random", None, _random_scale(job, i, d, p["rescale"], p["rescale_by"])))
-        gens = {k: job.generator(i) for k, i in enumerate(others) if prep[k][0] == "random"}
         row = math.prod(job.shape[1:]) if job.shape else 1
         for r0, r1 in job.chunks:
             base = job.read(job.base, r0, r1)
-            deltas = torch.empty((len(others), *base.shape), dtype=base.dtype)
-            for k, i in enumerate(others):
-                mode, topk, scale = prep[k]
-                d = job.read(i, r0, r1) - base
-                if mode == "zero":
-                    d.zero_()
-                elif mode == "magnitude":
-                    mags = d.abs().float() if p["tie_break"] == "mergekit" else d.abs()
-                    d = d * topk.mask(mags, r0 * row)
-                elif mode == "random":
-                    d = d * _random_mask(gens[k], d.shape, dens[k])
-                if scale != 1.0:
-                    d *= scale
-                deltas[k] = d
             if not others:
                 yield base
                 continue
+            deltas = torch.empty((len(others), *base.shape), dtype=base.dtype)
+            for k, i in enumerate(others):
+                deltas[k] = trims[k].apply(job.read(i, r0, r1) - base, r0 * row)
             yield base + combine_deltas(deltas, weights, consensus=consensus, normalize=p["normalize"],
                                         lam=float(p["lambda"]))
 
     return run
 
+
+def _gta_check(trim: str | None) -> Callable[[dict[str, Any], dict[str, Any]], str | None]:
+    """Parameter ranges of a GTA method, checked for every tensor before anything is written."""
+
+    def check(p: dict[str, Any], q: dict[str, Any]) -> str | None:
+        if "tie_break" in p and p["tie_break"] not in sparsify.TIE_BREAKS:
+            return f"'tie_break' must be one of {', '.join(sparsify.TIE_BREAKS)}, not {p['tie_break']!r}"
+        if "rescale_by" in p and p["rescale_by"] not in ("l1", "density"):
+            return f"'rescale_by' must be 'l1' or 'density', not {p['rescale_by']!r}"
+        if trim is None:
+            return None
+        density = float(q["density"])
+        if not 0 <= density <= 1:
+            return f"'density' must be in [0, 1], got {density}"
+        if trim == "outliers" and not 0 <= float(q["gamma"]) <= 1:
+            return f"'gamma' must be in [0, 1], got {q['gamma']}"
+        eps = float(q.get("epsilon", 0))
+        if trim == "della" and 0 < density < 1 and not (density + eps < 1 and density - eps > 0):
+            return (f"'epsilon' {eps} with 'density' {density}: density - epsilon and density + epsilon must "
+                    "lie in (0, 1)")
+        return None
+
+    return check
+
+
+NUSLERP_EPS = 1e-8  # mergekit's nuslerp: below 1 - cos^2 <= eps^2 the vectors are colinear
+NORM_EPS = 1e-7  # mergekit's nuslerp normalizes by max(norm, this)
+
+
+def gram(vectors: list[torch.Tensor], axis: str) -> torch.Tensor:
+    """Float64 Gram matrix [n, n, ...] of the vectors' dot products over `axis`.
+
+    "all": the whole tensors (scalars); "first": along dim 0 (one per index of the other dims); "last": along
+    the last dim, kept as a size-1 dim so the result broadcasts against the rows.
+    """
+    x = [v.double() for v in vectors]
+    n = len(x)
+    dots: list[list[Any]] = [[None] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i, n):
+            prod = x[i] * x[j]
+            dots[i][j] = dots[j][i] = (prod.sum() if axis == "all" else prod.sum(dim=0) if axis == "first"
+                                       else prod.sum(dim=-1, keepdim=True))
+    return torch.stack([torch.stack(row) for row in dots])
+
+
+def _by_gram(job: TensorJob, load: Callable[[int, int], tuple[list[torch.Tensor], Any]],
+             combine: Callable[[torch.Tensor, list[torch.Tensor], Any], torch.Tensor],
+             axis: str) -> Iterator[torch.Tensor]:
+    """Stream a method whose coefficients come from the Gram matrix of some vectors (see `gram`).
+
+    `load(r0, r1)` gives a chunk's vectors and context, `combine(gram, vectors, context)` its output rows.
+    Along the last dim every chunk holds whole vectors (one pass); otherwise a first pass sums the Gram matrix
+    over the chunks.
+    """
+    total = None
+    if axis != "last":
+        for r0, r1 in job.chunks:
+            part = gram(load(r0, r1)[0], axis)
+            total = part if total is None else total.add_(part)
+    for r0, r1 in job.chunks:
+        vectors, context = load(r0, r1)
+        yield combine(total if total is not None else gram(vectors, axis), vectors, context)
+
+
+def nuslerp_coefficients(t: float, sumsq_a: torch.Tensor, sumsq_b: torch.Tensor,
+                         dot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NuSLERP's (c_a, c_b), out = c_a a + c_b b, from squared norms and dot products (mergekit's `nuslerp`)."""
+    norm_a, norm_b = sumsq_a.sqrt().clamp(min=NORM_EPS), sumsq_b.sqrt().clamp(min=NORM_EPS)
+    cos = (dot / (norm_a * norm_b)).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= NUSLERP_EPS**2
+    theta = torch.acos(torch.where(colinear, 0.0, cos))
+    sin = torch.sin(theta)
+    return (torch.where(colinear, 1 - t, torch.sin((1 - t) * theta) / sin),
+            torch.where(colinear, t, torch.sin(t * theta) / sin))
+
+
+def _nuslerp(job: TensorJob, p: dict[str, Any], per: list[dict[str, Any]]) -> Iterator[torch.Tensor]:
+    a, b = job.others()
+    total = float(per[a]["weight"]) + float(per[b]["weight"])
+    t = 0.5 if abs(total) < 1e-6 else float(per[b]["weight"]) / total
+    axis = ("all" if p["nuslerp_flatten"] or len(job.shape) < 2 else
+            "first" if p["nuslerp_row_wise"] else "last")
+
+    def load(r0: int, r1: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        x, y = job.read(a, r0, r1), job.read(b, r0, r1)
+        if job.base is None:
+            return [x, y], None
+        base = job.read(job.base, r0, r1)
+        return [x.sub_(base), y.sub_(base)], base  # with a base, the task vectors are interpolated
+
+    def combine(g: torch.Tensor, v: list[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
+        ca, cb = nuslerp_coefficients(t, g[0, 0], g[1, 1], g[0, 1])
+        out = v[0] * ca.to(v[0].dtype) + v[1] * cb.to(v[1].dtype)
+        return out if base is None else base + out
+
+    yield from _by_gram(job, load, combine, axis)
+
+
+def model_stock_ratio(g: torch.Tensor) -> torch.Tensor:
+    """Model Stock's interpolation ratio t = N cos / (1 + (N - 1) cos) from the task vectors' Gram matrix,
+    cos the mean pairwise cosine; 0 where the denominator vanishes (mergekit's `model_stock`)."""
+    n = g.shape[0]
+    norms = [g[i, i].sqrt() for i in range(n)]
+    cos = torch.stack([(g[i, j] / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
+                       for i in range(n) for j in range(i + 1, n)]).mean(dim=0)
+    denominator = 1 + (n - 1) * cos
+    singular = denominator.abs() < 1e-6
+    return torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
+
+
+def _model_stock(job: TensorJob, p: dict[str, Any], per: list[dict[str, Any]]) -> Iterator[torch.Tensor]:
+    others = job.others()
+    axis = "last" if p["filter_wise"] and len(job.shape) >= 2 else "all"
+
+    def load(r0: int, r1: int) -> tuple[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        w0 = job.read(job.base, r0, r1)
+        ws = [job.read(i, r0, r1) for i in others]
+        return [w - w0 for w in ws], (w0, ws)
+
+    def combine(g: torch.Tensor, _offsets: list[torch.Tensor], ctx: tuple) -> torch.Tensor:
+        w0, ws = ctx
+        t = model_stock_ratio(g).to(w0.dtype)
+        return t * (sum(ws) / len(ws)) + (1 - t) * w0  # mergekit's expression, for the same rounding
+
+    yield from _by_gram(job, load, combine, axis)
 
 _GTA_SHARED = {"lambda": 1.0, "rescale_by": "l1"}
 register(Method("linear", _linear, needs_base=False, shared={"normalize": True}, per_model={"weight": 1.0},
@@ -368,17 +319,43 @@ register(Method("slerp", _slerp, needs_base=True, shared={"t": REQUIRED}, per_mo
                 max_inputs=2, description="spherical interpolation between base (t=0) and the other (t=1)"))
 register(Method("task_arithmetic", _gta(None, None), needs_base=True,
                 shared={**_GTA_SHARED, "normalize": False, "rescale": False},
-                per_model={"weight": 1.0, "density": 1.0},
+                per_model={"weight": 1.0, "density": 1.0}, check=_gta_check(None),
                 description="base + sum of weighted task vectors (Ilharco et al. 2023)"))
 register(Method("ties", _gta("sum", "magnitude"), needs_base=True,
                 shared={**_GTA_SHARED, "normalize": True, "rescale": False, "tie_break": "position"},
-                per_model={"weight": 1.0, "density": 1.0},
+                per_model={"weight": 1.0, "density": 1.0}, check=_gta_check("magnitude"),
                 description="trim by magnitude, elect sign, disjoint merge (Yadav et al. 2023)"))
 register(Method("dare_linear", _gta(None, "random"), needs_base=True,
                 shared={**_GTA_SHARED, "normalize": False, "rescale": True},
-                per_model={"weight": 1.0, "density": 1.0},
+                per_model={"weight": 1.0, "density": 1.0}, check=_gta_check("random"),
                 description="random drop and rescale of task vectors, then sum (Yu et al. 2023)"))
 register(Method("dare_ties", _gta("sum", "random"), needs_base=True,
                 shared={**_GTA_SHARED, "normalize": False, "rescale": True},
-                per_model={"weight": 1.0, "density": 1.0},
+                per_model={"weight": 1.0, "density": 1.0}, check=_gta_check("random"),
                 description="DARE drop and rescale, then TIES sign election (as in Aloe)"))
+register(Method("breadcrumbs", _gta(None, "outliers"), needs_base=True,
+                shared={"lambda": 1.0, "normalize": False, "rescale": False, "tie_break": "position"},
+                per_model={"weight": 1.0, "density": 1.0, "gamma": 0.01}, check=_gta_check("outliers"),
+                description="drop the largest (gamma) and smallest magnitudes, then sum (Davari & Belilovsky "
+                            "2023, Model Breadcrumbs)"))
+register(Method("breadcrumbs_ties", _gta("sum", "outliers"), needs_base=True,
+                shared={"lambda": 1.0, "normalize": False, "rescale": False, "tie_break": "position"},
+                per_model={"weight": 1.0, "density": 1.0, "gamma": 0.01}, check=_gta_check("outliers"),
+                description="Model Breadcrumbs trim, then TIES sign election"))
+register(Method("della", _gta("sum", "della"), needs_base=True,
+                shared={"lambda": 1.0, "normalize": True, "rescale": True},
+                per_model={"weight": 1.0, "density": 1.0, "epsilon": 0.15}, check=_gta_check("della"),
+                description="drop with probabilities rising with magnitude rank, rescale, elect sign "
+                            "(Deep et al. 2024, DELLA-Merging)"))
+register(Method("della_linear", _gta(None, "della"), needs_base=True,
+                shared={"lambda": 1.0, "normalize": False, "rescale": True},
+                per_model={"weight": 1.0, "density": 1.0, "epsilon": 0.15}, check=_gta_check("della"),
+                description="DELLA's magnitude-ranked drop and rescale, then sum"))
+register(Method("model_stock", _model_stock, needs_base=True, shared={"filter_wise": False}, per_model={},
+                min_inputs=3, description="base interpolated towards the models' average by the cosine of "
+                                          "their task vectors (Jang et al. 2024, Model Stock)"))
+register(Method("nuslerp", _nuslerp, needs_base=False, optional_base=True,
+                shared={"nuslerp_flatten": True, "nuslerp_row_wise": False}, per_model={"weight": REQUIRED},
+                min_non_base=2, max_non_base=2,
+                description="spherical interpolation of two models (or their task vectors with a base) at "
+                            "t = w2 / (w1 + w2), whole tensors, rows or columns (mergekit's NuSLERP)"))
