@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from meditune.io import SAFE_NAME, child
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,14 @@ class StageConfig(BaseModel):
     name: str
     type: str
 
+    @field_validator("name")
+    @classmethod
+    def _simple_name(cls, name: str) -> str:
+        # the name is the stage's directory inside the run directory: no '/', '.', '..' or absolute paths
+        if not SAFE_NAME.fullmatch(name):
+            raise ValueError("a stage name names its directory: letters, digits, '_' and '-' only")
+        return name
+
 
 @dataclass
 class StageContext:
@@ -56,8 +66,8 @@ class StageContext:
         return self.recipe.seed
 
     def path(self, name: str) -> Path:
-        """A path inside this stage's directory."""
-        return self.stage_dir / name
+        """A path inside this stage's directory (a name that would leave it is a ConfigError)."""
+        return child(self.stage_dir, name)
 
 
 @dataclass

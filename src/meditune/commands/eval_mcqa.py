@@ -57,7 +57,7 @@ def mcqa(
     from pydantic import ValidationError
 
     from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
-    from meditune.io import read_json
+    from meditune.io import check_output_dir, read_json
 
     try:
         opts = MCQAOptions(model=model, data=data, task=task, template=template, shots=shots,
@@ -70,6 +70,7 @@ def mcqa(
     except ValidationError as e:
         first = e.errors()[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    check_output_dir(out, "--out")
     paths = evaluate_mcqa(opts, out)
     res = read_json(paths["results"])
     _print_results(res)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -43,5 +44,5 @@ def run(
         return
     pipe.run(only=only or None, from_stage=from_stage, force=force or None)
     if pipe.skipped:
-        console.print(f"skipped (finished, unchanged): {', '.join(pipe.skipped)}")
-    console.print(f"[green]done[/]: {pipe.run_dir}")
+        console.print(f"skipped (finished, unchanged): {', '.join(pipe.skipped)}", markup=False)
+    console.print(f"[green]done[/]: {escape(str(pipe.run_dir))}")

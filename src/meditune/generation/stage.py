@@ -32,6 +32,7 @@ class GenerateStageConfig(StageConfig):
     batch_size: int = Field(16, ge=1)
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    allow_insecure_http: bool = False  # see BackendConfig
     max_concurrency: int = Field(8, ge=1)
     max_retries: int = Field(5, ge=0)
     timeout_s: float = Field(120.0, gt=0)
