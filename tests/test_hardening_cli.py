@@ -58,7 +58,8 @@ CLI_ERRORS = [
     (["data", "inspect", "sample:../../pyproject"], "no bundled sample"),
     # recipe errors
     (["run", "{bad}/recipe_seed_abc.yaml", "--dry-run"], "recipe_seed_abc.yaml:2: 'seed'"),
-    (["run", "{bad}/recipe_stage_absolute.yaml", "--dry-run"], "'stages[0].name': a stage name names its directory"),
+    (["run", "{bad}/recipe_stage_absolute.yaml", "--dry-run"],
+     "'stages[0].name': a stage name names its directory"),
     (["run", "{bad}/recipe_stage_dot.yaml", "--dry-run"], "recipe_stage_dot.yaml:3: 'stages[0].name'"),
     (["run", "{bad}/recipe_stage_parent.yaml", "--dry-run"], "'stages[0].name'"),
     (["run", "quickstart", "--dry-run", "--set", "name=../up"], "'name': a recipe name"),

@@ -42,10 +42,10 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 def _click_flavours() -> list:
-    """The click modules whose exceptions can reach us: click itself and the copy typer >= 0.20 bundles."""
+    """The click modules whose exceptions can reach us: click, and the copy typer 0.29 bundles."""
     mods = [click]
     try:
-        from typer import _click as bundled  # typer 0.2x vendors click as typer._click
+        from typer import _click as bundled  # typer 0.29 vendors click
     except ImportError:
         bundled = None
     if bundled is not None and bundled is not click:
@@ -55,10 +55,11 @@ def _click_flavours() -> list:
 
 _CLICK = _click_flavours()
 CLICK_ERRORS = tuple(m.exceptions.ClickException for m in _CLICK)
-# Exit/Abort live in click.exceptions, and in typer.exceptions when typer bundles its own click
+# Exit/Abort live in click.exceptions, or in typer.exceptions when typer bundles its own click
 EXITS = tuple({typer.Exit, *(m.exceptions.Exit for m in _CLICK if hasattr(m.exceptions, "Exit"))})
 ABORTS = tuple({typer.Abort, *(m.exceptions.Abort for m in _CLICK if hasattr(m.exceptions, "Abort"))})
-HELP_ERRORS = tuple(m.exceptions.NoArgsIsHelpError for m in _CLICK if hasattr(m.exceptions, "NoArgsIsHelpError"))
+HELP_ERRORS = tuple(m.exceptions.NoArgsIsHelpError for m in _CLICK
+                    if hasattr(m.exceptions, "NoArgsIsHelpError"))
 
 
 def usage_error_line(e: Exception) -> str:

@@ -45,7 +45,10 @@ def remove_tree(path: str | os.PathLike, *, inside: str | os.PathLike, missing_o
     """shutil.rmtree(path), after checking that `path` lies strictly inside `inside` (never the directory we
     were asked to clean, nor anything outside it)."""
     path = Path(path)
-    if not is_inside(path, inside):
+    # a symlink is removed as a link: where it sits matters, not where it points
+    where = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
+    root = Path(inside).resolve()
+    if where == root or root not in where.parents:
         raise ConfigError(f"refusing to remove {path}: it is not inside {inside}")
     if path.is_symlink() or path.is_file():
         path.unlink()

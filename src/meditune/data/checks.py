@@ -60,14 +60,16 @@ class FileChecks:
 def require_items(records: list[Record], spec: Any, n_files: int) -> None:
     """An InputError when a source gave no records (an empty file, or a filter that kept nothing)."""
     if not records:
-        what = "the file is empty or every row was skipped" if n_files <= 1 else f"none of its {n_files} files has one"
+        what = ("the file is empty or every row was skipped" if n_files <= 1
+                else f"none of its {n_files} files has one")
         raise InputError(f"no items ({what})", file=spec)
 
 
 @dataclass
 class Validation:
-    """What `validate_source` found: the records when the source loads, else None; every error found (up to
-    the cap, in file order) and whether it stopped at the cap; the warnings."""
+    """What `validate_source` found: the records that load once the bad lines are skipped (None when a
+    whole-file error stopped it), every error found (up to the cap, in file order), whether it stopped at the
+    cap, and the warnings."""
 
     records: list[Record] | None
     errors: list[InputError] = field(default_factory=list)

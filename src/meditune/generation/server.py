@@ -156,16 +156,18 @@ class _Scheduler:
         self.backend, self.max_batch, self.wait_s, self.limits = backend, max_batch, wait_s, limits
         self.q: queue.Queue[_Ticket] = queue.Queue()
         self.stopping = threading.Event()
+        self._lock = threading.Lock()  # a request submitted while stopping is never left unanswered in the queue
         self.stepping = callable(getattr(backend, "generate_steps", None))
         self.thread = threading.Thread(target=self._loop, daemon=True, name="meditune-serve-worker")
         self.thread.start()
 
     def submit(self, req: GenerationRequest) -> _Ticket:
         ticket = _Ticket(req)
-        if self.stopping.is_set():
-            ticket.deliver(error=_ShuttingDown())
-        else:
-            self.q.put(ticket)
+        with self._lock:
+            if self.stopping.is_set():
+                ticket.deliver(error=_ShuttingDown())
+            else:
+                self.q.put(ticket)
         return ticket
 
     def stop(self) -> None:
@@ -174,11 +176,12 @@ class _Scheduler:
         self.stopping.set()
 
     def _drain(self) -> None:
-        while True:
-            try:
-                self.q.get_nowait().deliver(error=_ShuttingDown())
-            except queue.Empty:
-                return
+        with self._lock:
+            while True:
+                try:
+                    self.q.get_nowait().deliver(error=_ShuttingDown())
+                except queue.Empty:
+                    return
 
     def _take(self, block: bool) -> list[_Ticket]:
         """The next micro-batch: waits for a first request only when `block` (nothing else to do)."""
@@ -196,35 +199,45 @@ class _Scheduler:
         return [t for t in items if not t.cancelled.is_set()]  # a client gone while queued: nobody waits
 
     def _loop(self) -> None:
-        ctx = getattr(self.backend, "step_context", contextlib.nullcontext)()
-        with ctx:
-            active: collections.deque = collections.deque()
-            while not self.stopping.is_set():
-                if len(active) < self.limits.max_active:
-                    batch = self._take(block=not active)
-                    if batch and not self.stepping:
-                        self._run_whole(batch)
-                        continue
-                    if batch:
-                        def cancelled(i: int, b: list[_Ticket] = batch) -> bool:
-                            return b[i].cancelled.is_set() or self.stopping.is_set()
+        active: collections.deque = collections.deque()
+        with getattr(self.backend, "step_context", contextlib.nullcontext)():
+            try:
+                self._serve(active)
+            except BaseException:  # a bug here must not leave clients waiting forever
+                log.exception("the generation worker failed; the server stops answering")
+                self.stopping.set()
+            finally:
+                for batch, steps in active:
+                    steps.close()  # inside the step context, which the batches' own contexts nest in
+                    for t in batch:
+                        t.deliver(error=_ShuttingDown())
+        self._drain()
 
-                        active.append((batch, self.backend.generate_steps([t.req for t in batch], cancelled)))
-                if not active:
+    def _serve(self, active: collections.deque) -> None:
+        """Admit batches and decode the active ones in turn until stopped."""
+        while not self.stopping.is_set():
+            if len(active) < self.limits.max_active:
+                batch = self._take(block=not active)
+                if batch and not self.stepping:
+                    self._run_whole(batch)
                     continue
-                batch, steps = active.popleft()
-                if self._run_slice(batch, steps):
-                    active.append((batch, steps))
-            for batch, steps in active:
-                steps.close()
-                for t in batch:
-                    t.deliver(error=_ShuttingDown())
-            self._drain()
+                if batch:
+                    def cancelled(i: int, b: list[_Ticket] = batch) -> bool:
+                        return b[i].cancelled.is_set() or self.stopping.is_set()
+
+                    active.append((batch, self.backend.generate_steps([t.req for t in batch], cancelled)))
+            if not active:
+                continue
+            batch, steps = active.popleft()
+            if self._run_slice(batch, steps):
+                active.append((batch, steps))
 
     def _run_slice(self, batch: list[_Ticket], steps: Any) -> bool:
         """Decode `slice_steps` steps of a batch, answering the requests they complete; False when it is done."""
         try:
             for _ in range(self.limits.slice_steps):
+                if self.stopping.is_set():
+                    return True  # left to the shutdown, which answers it with a 503
                 for i, gens in next(steps):
                     batch[i].deliver(gens)
         except StopIteration as done:
@@ -257,7 +270,8 @@ def create_app(backend: Backend, model_name: str, *, max_batch: int = 16, batch_
     if default_max_tokens is not None:
         limits.default_max_tokens = default_max_tokens
     context = getattr(backend, "context", None)
-    token_limit = min(limits.max_tokens, context) if isinstance(context, int) and context > 0 else limits.max_tokens
+    has_context = isinstance(context, int) and context > 0
+    token_limit = min(limits.max_tokens, context) if has_context else limits.max_tokens
     scheduler = _Scheduler(backend, max_batch, batch_wait_s, limits)
     app = FastAPI(title="meditune serve", docs_url=None, redoc_url=None)
     app.state.scheduler = scheduler
