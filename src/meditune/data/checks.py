@@ -27,16 +27,16 @@ _WARNINGS: ContextVar[list[str] | None] = ContextVar("meditune_check_warnings", 
 class FileChecks:
     """The checks of the records of one file, fed one record at a time; `finish()` reports per-file findings."""
 
-    def __init__(self, where: Any):
-        self.where = where
+    def __init__(self, where: Any, hint: str = ""):
+        self.where, self.hint = where, hint
         self.duplicate_options = 0
         self.first_duplicate: int | str | None = None
 
     def check(self, rec: Record, line: int | str) -> None:
         """Raise for a record that cannot be right; count the doubtful ones."""
         if isinstance(rec, Preference) and rec.chosen.strip() == rec.rejected.strip():
-            raise InputError("chosen and rejected are the same text (a pair must differ)", file=self.where,
-                             line=line, field="rejected")
+            raise InputError(f"chosen and rejected are the same text (a pair must differ){self.hint}",
+                             file=self.where, line=line, field="rejected")
         if isinstance(rec, MCQItem):
             texts = [" ".join(o.split()).casefold() for o in rec.options]
             if len(set(texts)) < len(texts):

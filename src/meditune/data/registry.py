@@ -149,7 +149,8 @@ def load_source(spec: str | os.PathLike, **options: Any) -> list[Record]:
     targets = files_of(ld, target) if ld.takes_path else [Src(Path(target), target, display=f"{name}:{target}")]
     for src in targets:
         where = src.display or src.path
-        checks = FileChecks(where)
+        hint = "; drop_identical=true skips such pairs" if "drop_identical" in ld.options else ""
+        checks = FileChecks(where, hint)
         for line, rec in ld.fn(src, **options):
             rid = rec.id  # type: ignore[attr-defined]
             if rid in seen:
