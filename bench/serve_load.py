@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from meditune.generation.server import launch, sigterm_during_request
 
 QUESTIONS = [
     "What is hypertension?", "Name a common antibiotic.", "What does insulin do?", "What causes anemia?",
@@ -45,34 +45,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(model: str, limit: int, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"PYTHONPATH": f"{Path(__file__).resolve().parents[1] / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    src = Path(__file__).resolve().parents[1] / "src"
-    env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    proc = subprocess.Popen([sys.executable, "-m", "meditune.cli", "serve", model, "--port", str(port), "--device",
-                             "cpu", "--max-tokens-limit", str(limit)], env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"meditune serve exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    sys.exit("meditune serve did not start")
+    try:
+        return launch([model, "--device", "cpu", "--max-tokens-limit", str(limit)], log, env=env, timeout_s=600)
+    except RuntimeError as e:
+        sys.exit(str(e))
 
 
 def chat(url: str, text: str, max_tokens: int, timeout: float) -> tuple[float, dict]:
@@ -124,25 +104,9 @@ def main() -> None:
         still_running = t.is_alive()
         t.join()
 
-        sig: dict = {}
-
-        def run_doomed() -> None:
-            try:
-                r = httpx.post(f"{url}/v1/chat/completions", timeout=args.timeout,
-                               json={"messages": [{"role": "user", "content": HUGE_PROMPT}],
-                                     "max_tokens": args.limit})
-                sig["client"] = f"HTTP {r.status_code}"
-            except httpx.HTTPError as e:
-                sig["client"] = type(e).__name__
-
-        d = threading.Thread(target=run_doomed)
-        d.start()
-        time.sleep(1.0)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        exit_s = time.monotonic() - t0
-        d.join(timeout=60)
+        exit_s, client = sigterm_during_request(
+            proc, url, "/v1/chat/completions", {"messages": [{"role": "user", "content": HUGE_PROMPT}],
+                                                "max_tokens": args.limit}, after_s=1.0, timeout_s=args.timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -155,7 +119,7 @@ def main() -> None:
           f"(n={n})  p95 ratio {percentile(loaded, 95) / percentile(base, 95):.2f}x")
     done = f"{huge['s']:6.2f} s for {huge['tokens']} tokens" if "s" in huge else huge.get("error", "?")
     print(f"  huge request:        {done}; still running when the small ones were done: {still_running}")
-    print(f"  SIGTERM to exit:     {exit_s:6.2f} s (its long request's client got {sig.get('client', '?')}; "
+    print(f"  SIGTERM to exit:     {exit_s:6.2f} s (its long request's client got {client}; "
           f"exit status {proc.returncode})")
 
 

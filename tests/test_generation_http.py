@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -16,7 +11,7 @@ import pytest
 from meditune.errors import ConfigError
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
 from meditune.generation.openai_backend import HTTPGenerationError, OpenAIBackend
-from meditune.generation.server import FaultPlan
+from meditune.generation.server import FaultPlan, launch
 
 SECRET = "sk-test-0123456789abcdef-secret"
 
@@ -128,33 +123,11 @@ def test_fault_plan_parsing():
         FaultPlan.parse(["teapot:1"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "meditune.cli", "serve", str(tiny_model_dir), "--port", str(port),
-                             "--served-name", "tiny", "--device", "cpu", "--fault", "500:2", "--fault", "slow:1:4",
-                             "--fault", "malformed:1", "--fault", "429:1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"meditune serve exited: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("meditune serve did not start")
+def server(tiny_model_dir, tmp_path_factory):
+    args = [str(tiny_model_dir), "--served-name", "tiny", "--device", "cpu", "--fault", "500:2", "--fault", "slow:1:4",
+            "--fault", "malformed:1", "--fault", "429:1"]
+    proc, url = launch(args, tmp_path_factory.mktemp("serve") / "serve.log", env={"OMP_NUM_THREADS": "1"})
     yield url
     proc.terminate()
     proc.wait(timeout=30)

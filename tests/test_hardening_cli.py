@@ -59,10 +59,10 @@ CLI_ERRORS = [
     # recipe errors
     (["run", "{bad}/recipe_seed_abc.yaml", "--dry-run"], "recipe_seed_abc.yaml:2: 'seed'"),
     (["run", "{bad}/recipe_stage_absolute.yaml", "--dry-run"],
-     "'stages[0].name': a stage name names its directory"),
+     "'stages[0].name': it names a directory: use letters, digits, '_' and '-' only"),
     (["run", "{bad}/recipe_stage_dot.yaml", "--dry-run"], "recipe_stage_dot.yaml:3: 'stages[0].name'"),
     (["run", "{bad}/recipe_stage_parent.yaml", "--dry-run"], "'stages[0].name'"),
-    (["run", "quickstart", "--dry-run", "--set", "name=../up"], "'name': a recipe name"),
+    (["run", "quickstart", "--dry-run", "--set", "name=../up"], "'name': it names a directory"),
     # server exposure: refused before the model is loaded
     (["serve", "--host", "0.0.0.0"], "--api-key-env"),
     (["serve", "--api-key-env", "MEDITUNE_TEST_UNSET_KEY"], "MEDITUNE_TEST_UNSET_KEY"),

@@ -20,10 +20,10 @@ from meditune.errors import ConfigError, InputError, MeditunError
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
-def check_name(name: str, what: str = "name") -> str:
-    """`name` if it is a simple identifier that can be one path component, else a ConfigError."""
+def directory_name(name: str) -> str:
+    """`name` if it is a simple identifier that can be one path component, else a ValueError (for validators)."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        raise ConfigError(f"{what} {name!r}: use letters, digits, '_' and '-' only (it names a directory)")
+        raise ValueError("it names a directory: use letters, digits, '_' and '-' only")
     return name
 
 

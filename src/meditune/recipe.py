@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meditune.errors import ConfigError
-from meditune.io import SAFE_NAME
-from meditune.stages import StageConfig, registry
+from meditune.stages import DirectoryName, StageConfig, registry
 
 
 class Recipe(BaseModel):
@@ -20,7 +19,7 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    name: str
+    name: DirectoryName  # runs/<name>
     description: str = ""
     model: str = "default"
     seed: int = 0
@@ -30,13 +29,6 @@ class Recipe(BaseModel):
     system_prompt: str | None = None
     run_dir: str | None = None
     stages: list[StageConfig] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _simple_name(cls, name: str) -> str:
-        if not SAFE_NAME.fullmatch(name):
-            raise ValueError("a recipe name names its run directory: letters, digits, '_' and '-' only")
-        return name
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> Recipe:

@@ -13,11 +13,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from meditune.io import SAFE_NAME, child
+from meditune.io import child, directory_name
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,17 @@ STAGE_MODULES = [
 ]
 
 
+# A name that becomes a directory (stage and recipe names): letters, digits, '_' and '-'.
+DirectoryName = Annotated[str, AfterValidator(directory_name)]
+
+
 class StageConfig(BaseModel):
     """Fields every stage has. Subclasses add their own; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    name: str
+    name: DirectoryName  # the stage's directory inside the run directory: no '/', '.', '..' or absolute paths
     type: str
-
-    @field_validator("name")
-    @classmethod
-    def _simple_name(cls, name: str) -> str:
-        # the name is the stage's directory inside the run directory: no '/', '.', '..' or absolute paths
-        if not SAFE_NAME.fullmatch(name):
-            raise ValueError("a stage name names its directory: letters, digits, '_' and '-' only")
-        return name
 
 
 @dataclass

@@ -21,12 +21,18 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' annotations here
@@ -449,3 +455,57 @@ def serve(backend: Backend, model_name: str, *, host: str = "127.0.0.1", port: i
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=max(1, round(limits.shutdown_s)))
     _Server(config).run()
+
+
+def launch(args: list[str], log_path: str | Path, *, env: dict[str, str] | None = None,
+           timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """Start `meditune serve ARGS` on a free 127.0.0.1 port in a subprocess (its console output goes to
+    `log_path`) and wait until /health answers; returns (process, base URL). For tests and benches."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "meditune.cli", "serve", *args, "--port", str(port)],
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"meditune serve exited: {Path(log_path).read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"meditune serve did not answer within {timeout_s:.0f} s")
+
+
+def sigterm_during_request(proc: subprocess.Popen, url: str, path: str, body: dict[str, Any], *,
+                           headers: dict[str, str] | None = None, after_s: float = 0.5,
+                           timeout_s: float = 60.0) -> tuple[float, str]:
+    """Send SIGTERM to a `launch`ed server while it works on a request; returns (seconds from the signal to
+    the process exit, what the request's client got: "HTTP 503", or the httpx error's name)."""
+    import httpx
+
+    outcome: dict[str, str] = {}
+
+    def request() -> None:
+        try:
+            r = httpx.post(f"{url}{path}", json=body, headers=headers, timeout=timeout_s)
+            outcome["client"] = f"HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            outcome["client"] = type(e).__name__
+
+    client = threading.Thread(target=request)
+    client.start()
+    time.sleep(after_s)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=timeout_s)
+    exit_s = time.monotonic() - t0
+    client.join(timeout=timeout_s)
+    return exit_s, outcome.get("client", "no answer")
