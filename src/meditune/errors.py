@@ -33,13 +33,13 @@ class InputError(MeditunError):
 
 # OS errors a user causes with a path (a missing parent, a directory where a file goes, no permission, a full
 # disk); any other OSError is a bug and keeps its traceback.
-USER_OS_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
-                  errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTEMPTY,
-                  errno.EXDEV}
+USER_OS_ERRNOS = {getattr(errno, name) for name in (
+    "ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "EROFS", "ENAMETOOLONG",
+    "ELOOP", "ENOTEMPTY", "EXDEV") if hasattr(errno, name)}
 
 
 def os_error_message(e: OSError) -> str | None:
-    """One line for an OSError caused by a user-given path ("cannot write x: No space left on device"), or None
+    """One line for an OSError caused by a user-given path ("out/x.jsonl: No space left on device"), or None
     when the error is not one a user can fix."""
     if e.errno not in USER_OS_ERRNOS:
         return None

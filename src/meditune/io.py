@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -41,9 +40,9 @@ def child(root: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def remove_tree(path: str | os.PathLike, *, inside: str | os.PathLike, missing_ok: bool = True) -> None:
-    """shutil.rmtree(path), after checking that `path` lies strictly inside `inside` (never the directory we
-    were asked to clean, nor anything outside it)."""
+def remove_tree(path: str | os.PathLike, *, inside: str | os.PathLike) -> None:
+    """shutil.rmtree(path) (or unlink a file or link; nothing when missing), after checking that `path` lies
+    strictly inside `inside` (never the directory we were asked to clean, nor anything outside it)."""
     path = Path(path)
     # a symlink is removed as a link: where it sits matters, not where it points
     where = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
@@ -54,8 +53,6 @@ def remove_tree(path: str | os.PathLike, *, inside: str | os.PathLike, missing_o
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
-    elif not missing_ok:
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
 
 
 @contextlib.contextmanager
@@ -70,8 +67,7 @@ def removed_on_error(directory: str | os.PathLike, errors: tuple[type[BaseExcept
         yield directory
     except errors:
         if not existed:
-            if directory.is_dir():
-                shutil.rmtree(directory, ignore_errors=True)
+            remove_tree(directory, inside=directory.parent)
         elif directory.is_dir():
             for p in directory.iterdir():
                 if p.name not in before:

@@ -81,7 +81,8 @@ def inspect(source: str = typer.Argument(..., help="source spec"),
     table = Table(title=escape(source), show_header=False)
     for key, value in stats.items():
         if key != "examples":
-            table.add_row(escape(key), escape(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)))
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            table.add_row(escape(key), escape(text))
     console.print(table)
     for ex in stats["examples"]:
         console.print_json(json.dumps(ex, ensure_ascii=False))

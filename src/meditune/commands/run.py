@@ -33,12 +33,12 @@ def run(
     rec = load_recipe(path, set_)
     pipe = Pipeline(rec, run_dir)
     plan = pipe.plan(only=only or None, from_stage=from_stage, force=force or None)
-    table = Table(title=f"{rec.name}: {pipe.run_dir}")
+    table = Table(title=escape(f"{rec.name}: {pipe.run_dir}"))
     for col in ("stage", "type", "action", "why", "estimated work"):
         table.add_column(col)
     for item in plan:
         est = ", ".join(f"{k}={v}" for k, v in (item.estimate or {}).items())
-        table.add_row(item.stage.name, item.stage.type, item.action, item.reason, est)
+        table.add_row(item.stage.name, item.stage.type, item.action, escape(item.reason), escape(est))
     console.print(table)
     if dry_run:
         return
