@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from meditune.data import load_source
+from meditune.errors import InputError
 
 pytestmark = pytest.mark.shared
 
@@ -47,7 +48,6 @@ COUNTS = [
     ("healthsearchqa:healthsearchqa/test.jsonl", 3173, "README: 3,173"),
     ("medsafetybench:medsafetybench/train", 900, "README: train 900"),
     ("medsafetybench:medsafetybench/med_harm_llama3", 74374, "MedSafetyBench README: 74,374 requests"),
-    ("ultrafeedback:ultrafeedback_subset/eval_clean.jsonl", 200, "README: eval 200"),
     ("sharegpt:general_dpo_zh/dpo_zh_500.jsonl", 500, "README: 500"),
     ("cmd:cmd_chinese_medical_dialogue/样例_内科5000-6000.csv", 7644, "README: 7,644 pairs"),
     ("cmd:cmd_chinese_medical_dialogue/内科.txt", 4048, "README: 4,048 pairs"),
@@ -65,10 +65,23 @@ def test_counts(shared_data, spec, expected, why):
 
 
 def test_ultrafeedback_train_drops_two_empty_pairs(shared_data, caplog):
-    # README: train 1000 rows; rows 479 (empty rejected) and 834 (empty chosen) cannot train a preference model
-    recs = load_source(f"ultrafeedback:{shared_data / 'ultrafeedback_subset/train_clean.jsonl'}")
-    assert len(recs) == 998 and caplog.text.count("skipped, empty") == 2
+    # README: train 1000 rows; rows 479 (empty rejected) and 834 (empty chosen) cannot train a preference model;
+    # rows 307, 656, 911 and 998 have chosen == rejected: an error unless drop_identical=true skips them
+    path = shared_data / "ultrafeedback_subset/train_clean.jsonl"
+    with pytest.raises(InputError, match="line 307: field 'rejected'.*drop_identical=true"):
+        load_source(f"ultrafeedback:{path}")
+    recs = load_source(f"ultrafeedback:{path}", drop_identical=True)
+    assert len(recs) == 994 and caplog.text.count("skipped, empty") == 2
+    assert "skipped 4 pair(s) whose chosen equals rejected (first at line 307)" in caplog.text
     assert all(r.chosen_score is not None for r in recs)
+
+
+def test_ultrafeedback_eval_has_one_identical_pair(shared_data):
+    # README: eval 200 rows; row 44 has chosen == rejected
+    path = shared_data / "ultrafeedback_subset/eval_clean.jsonl"
+    with pytest.raises(InputError, match="line 44: field 'rejected'"):
+        load_source(f"ultrafeedback:{path}")
+    assert len(load_source(f"ultrafeedback:{path}", drop_identical=True)) == 199
 
 
 def test_details_of_real_formats(shared_data):

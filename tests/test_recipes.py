@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from meditune.errors import ConfigError
-from meditune.pipeline import Pipeline
+from meditune.pipeline import Pipeline, manifest_outputs
 from meditune.recipe import apply_overrides, bundled_recipe, load_recipe, parse_recipe
 from meditune.stages import registry
 
@@ -138,7 +138,8 @@ def run_twice(recipe, run_dir: Path, caplog) -> dict[str, dict[str, str]]:
     for name in names:
         m = json.loads((run_dir / name / "manifest.json").read_text())
         assert m["status"] == "done", name
-        assert all(Path(p).exists() for p in m["outputs"].values()), name
+        assert m["paths"] == "run-relative", name
+        assert all(Path(p).exists() for p in manifest_outputs(m, run_dir).values()), name
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "<svg" in html or "<table" in html
     for name in names:

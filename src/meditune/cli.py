@@ -9,7 +9,7 @@ import click
 import typer
 from rich.console import Console
 
-from meditune.errors import MeditunError
+from meditune.errors import MeditunError, os_error_message, print_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Build safer, more accurate medical LLMs, and prove what each step did.")
@@ -41,21 +41,58 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     setup_console(verbose)
 
 
+def _click_flavours() -> list:
+    """The click modules whose exceptions can reach us: click, and the copy typer 0.29 bundles."""
+    mods = [click]
+    try:
+        from typer import _click as bundled  # typer 0.29 vendors click
+    except ImportError:
+        bundled = None
+    if bundled is not None and bundled is not click:
+        mods.append(bundled)
+    return mods
+
+
+_CLICK = _click_flavours()
+CLICK_ERRORS = tuple(m.exceptions.ClickException for m in _CLICK)
+# Exit/Abort live in click.exceptions, or in typer.exceptions when typer bundles its own click
+EXITS = tuple({typer.Exit, *(m.exceptions.Exit for m in _CLICK if hasattr(m.exceptions, "Exit"))})
+ABORTS = tuple({typer.Abort, *(m.exceptions.Abort for m in _CLICK if hasattr(m.exceptions, "Abort"))})
+HELP_ERRORS = tuple(m.exceptions.NoArgsIsHelpError for m in _CLICK
+                    if hasattr(m.exceptions, "NoArgsIsHelpError"))
+
+
+def usage_error_line(e: Exception) -> str:
+    """Click's message for a usage error on one line, with the command whose --help to read."""
+    msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    return f"{msg} (see '{ctx.command_path} --help')" if ctx is not None else msg
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one clear line and exit 2, never a traceback."""
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False, prog_name="meditune")
         return rv if isinstance(rv, int) else 0
     except MeditunError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        print_error(str(e))
         return 2
-    except click.exceptions.Exit as e:
+    except EXITS as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except ABORTS:
         console.print("aborted")
         return 130
-    except click.ClickException as e:
+    except HELP_ERRORS as e:  # `meditune train` with no sub-command: the group's help
         e.show()
+        return 2
+    except CLICK_ERRORS as e:
+        print_error(usage_error_line(e))
+        return 2
+    except OSError as e:
+        message = os_error_message(e)
+        if message is None:
+            raise
+        print_error(message)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

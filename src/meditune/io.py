@@ -6,18 +6,95 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from meditune.errors import InputError
+from meditune.errors import ConfigError, InputError, MeditunError
+
+# A name that becomes one path component: letters, digits, '_' and '-' (no '/', no '..', nothing hidden).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def directory_name(name: str) -> str:
+    """`name` if it is a simple identifier that can be one path component, else a ValueError (for validators)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ValueError("it names a directory: use letters, digits, '_' and '-' only")
+    return name
+
+
+def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True when `path` (resolved, symlinks followed) lies strictly inside the directory `root`."""
+    p, r = Path(path).resolve(), Path(root).resolve()
+    return p != r and r in p.parents
+
+
+def child(root: str | os.PathLike, name: str) -> Path:
+    """root / name, refused (ConfigError) when the result would not lie inside `root`."""
+    path = Path(root) / name
+    if not is_inside(path, root):
+        raise ConfigError(f"{name!r} would leave the directory {root}")
+    return path
+
+
+def remove_tree(path: str | os.PathLike, *, inside: str | os.PathLike) -> None:
+    """shutil.rmtree(path) (or unlink a file or link; nothing when missing), after checking that `path` lies
+    strictly inside `inside` (never the directory we were asked to clean, nor anything outside it)."""
+    path = Path(path)
+    # a symlink is removed as a link: where it sits matters, not where it points
+    where = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
+    root = Path(inside).resolve()
+    if where == root or root not in where.parents:
+        raise ConfigError(f"refusing to remove {path}: it is not inside {inside}")
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def removed_on_error(directory: str | os.PathLike, errors: tuple[type[BaseException], ...] = (MeditunError,)):
+    """Inside the block, `directory` may be created and filled; if the block raises one of `errors` (bad input),
+    whatever it created there is removed again: the directory itself if it did not exist, else the entries that
+    were not there before. Nothing half-written stays behind after an input error."""
+    directory = Path(directory)
+    existed = directory.exists()
+    before = {p.name for p in directory.iterdir()} if existed and directory.is_dir() else set()
+    try:
+        yield directory
+    except errors:
+        if not existed:
+            remove_tree(directory, inside=directory.parent)
+        elif directory.is_dir():
+            for p in directory.iterdir():
+                if p.name not in before:
+                    remove_tree(p, inside=directory)
+        raise
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """A file path we may write: not an existing directory (the parent is created on write)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file name")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """A directory path we may write into: not an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is an existing file; give a directory")
+    return path
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temp file beside `path`; on success fsync and rename it over `path`, else delete it."""
-    path = Path(path)
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

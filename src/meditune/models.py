@@ -13,13 +13,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meditune.errors import ConfigError
-from meditune.io import sha256_file, write_json
+from meditune.io import remove_tree, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +101,14 @@ def convert_gguf(gguf: Path, name: str) -> Path:
 
     log.info("converting %s to safetensors in %s (once)", gguf, out)
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp, inside=out.parent)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                  quantization_config=GgufConfig(dequantize=True))
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     write_json(tmp / "meditune_source.json", {"gguf": str(gguf), "sha256": sha256_file(gguf)})
-    shutil.rmtree(out, ignore_errors=True)
+    remove_tree(out, inside=out.parent)
     os.replace(tmp, out)  # atomic: a killed conversion never leaves a half model in the cache
     return out
 

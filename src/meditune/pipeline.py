@@ -10,7 +10,6 @@ A changed config, or --force, starts the stage from an empty directory.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from meditune.errors import ConfigError
-from meditune.io import hash_obj, hash_path, read_json, write_json
+from meditune.io import child, hash_obj, hash_path, is_inside, read_json, remove_tree, write_json
 from meditune.logs import log_to_file
 from meditune.recipe import Recipe
 from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, registry
@@ -28,6 +27,43 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 BIG_FILE = 256 << 20  # files larger than this are fingerprinted by size and mtime, not content
+
+
+RUN_RELATIVE = "run-relative"  # manifest["paths"]: outputs are stored relative to the run directory
+
+
+def store_outputs(outs: dict[str, str], run_dir: Path) -> dict[str, str]:
+    """Outputs as a manifest stores them: paths inside the run directory relative to it (so the run directory
+    can be moved, or read from another working directory), other existing paths absolute, other values as is."""
+    stored = {}
+    for key, value in outs.items():
+        p = Path(value)
+        if is_inside(p, run_dir):
+            stored[key] = p.resolve().relative_to(run_dir.resolve()).as_posix()
+        elif p.exists():
+            stored[key] = str(p.resolve())
+        else:
+            stored[key] = value
+    return stored
+
+
+def manifest_outputs(m: dict[str, Any], run_dir: Path) -> dict[str, str]:
+    """A manifest's outputs as paths usable from here. Old manifests stored paths relative to the working
+    directory of the run; those are found again under the run directory by their stage-directory suffix."""
+    outs = m.get("outputs") or {}
+    if m.get("paths") == RUN_RELATIVE:
+        return {k: v if Path(v).is_absolute() else str(run_dir / v) for k, v in outs.items()}
+    stage = str(m.get("stage") or "")
+    resolved = {}
+    for key, value in outs.items():
+        p = Path(value)
+        if not p.is_absolute() and not p.exists() and stage in p.parts:
+            idx = len(p.parts) - 1 - p.parts[::-1].index(stage)
+            moved = run_dir.joinpath(*p.parts[idx:])
+            if moved.exists():
+                value = str(moved)
+        resolved[key] = value
+    return resolved
 
 
 def now() -> str:
@@ -147,11 +183,16 @@ class Pipeline:
         return refs_in(stage.model_dump())
 
     def stage_dir(self, name: str) -> Path:
-        return self.run_dir / name
+        return child(self.run_dir, name)
 
     def manifest(self, name: str) -> dict[str, Any] | None:
+        """A stage's manifest with its outputs as usable paths (see manifest_outputs)."""
         path = self.stage_dir(name) / MANIFEST
-        return read_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        m = read_json(path)
+        m["outputs"] = manifest_outputs(m, self.run_dir)
+        return m
 
     def _fingerprint(self, stage: StageConfig, outputs: dict[str, dict[str, str]]) -> tuple[dict, dict, str]:
         resolved = resolve_refs(stage.model_dump(mode="json"), outputs)
@@ -244,12 +285,12 @@ class Pipeline:
         sdir = self.stage_dir(s.name)
         resolved, inputs, fp = self._fingerprint(s, outputs)
         if fresh and sdir.exists():
-            shutil.rmtree(sdir)  # a changed or forced stage starts clean; a crashed one resumes in place
+            remove_tree(sdir, inside=self.run_dir)  # a changed or forced stage starts clean; a crashed one resumes in place
         sdir.mkdir(parents=True, exist_ok=True)
         manifest = {"stage": s.name, "type": s.type, "status": "running", "config": resolved,
                     "recipe": {"name": self.recipe.name, "model": self.recipe.model, "seed": self.recipe.seed},
                     "inputs": inputs, "fingerprint": fp, "versions": package_versions(),
-                    "started": now(), "finished": None, "outputs": {}}
+                    "started": now(), "finished": None, "paths": RUN_RELATIVE, "outputs": {}}
         write_json(sdir / MANIFEST, manifest)
         log.info("run %s (%s)", s.name, s.type)
         # re-validate from the keys the recipe set (refs resolved), so "unset" stays unset (model_fields_set), then
@@ -267,7 +308,8 @@ class Pipeline:
             write_json(sdir / MANIFEST, manifest)
             raise
         outs = {k: str(v) for k, v in outs.items()}
-        manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2), outputs=outs,
+        manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2),
+                        outputs=store_outputs(outs, self.run_dir),
                         outputs_hash=hash_obj({k: fingerprint_path(Path(v)) for k, v in outs.items()
                                                if Path(v).exists()}))
         write_json(sdir / MANIFEST, manifest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meditune.errors import ConfigError
-from meditune.stages import StageConfig, registry
+from meditune.stages import DirectoryName, StageConfig, registry
 
 
 class Recipe(BaseModel):
@@ -18,7 +19,7 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    name: str
+    name: DirectoryName  # runs/<name>
     description: str = ""
     model: str = "default"
     seed: int = 0
@@ -53,64 +54,147 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
 
 
-def _format_error(err: ValidationError, model: type[BaseModel], where: str, source: str) -> ConfigError:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc)
-    if first["type"] == "extra_forbidden":
-        # find the model that owns the offending key, to suggest one of its fields
-        owner: Any = model
-        for part in loc[:-1]:
-            f = getattr(owner, "model_fields", {}).get(part)
-            ann = getattr(f, "annotation", None) if f else None
-            owner = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-            if owner is None:
-                break
-        valid = list(owner.model_fields) if owner is not None else []
-        msg = f"unknown key '{where}{key}'" + (_suggest(loc[-1], valid) if valid else "")
-    else:
-        msg = f"'{where}{key}': {first['msg']}"
-    return ConfigError(f"{source}: {msg}")
+# YAML line of each key path: ("stages", 0, "seed") -> 7. Built from the recipe text; --set keys have none.
+Lines = dict[tuple, int]
 
 
-def parse_stage(raw: Any, index: int, source: str) -> StageConfig:
-    """Validate one stage dict against the config model of its type."""
+def yaml_lines(text: str) -> Lines:
+    """1-based line of every mapping key and list item of a YAML document, by its path."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    out: Lines = {}
+
+    def walk(node: Any, path: tuple) -> None:
+        out.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = path + (k.value,)
+                out[key] = k.start_mark.line + 1
+                walk(v, key)
+                out[key] = k.start_mark.line + 1  # the key's own line, not its value's
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _line_of(lines: Lines | None, path: tuple, shortest: int = 0) -> int | None:
+    """The line of the deepest prefix of `path` (at least `shortest` long) that the YAML text has."""
+    if not lines:
+        return None
+    for end in range(len(path), shortest - 1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _owner_fields(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the model that owns the last key of `loc` (to suggest one for a misspelt key)."""
+    owner: Any = model
+    for part in loc[:-1]:
+        f = getattr(owner, "model_fields", {}).get(part)
+        ann = getattr(f, "annotation", None) if f else None
+        owner = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if owner is None:
+            break
+    return list(owner.model_fields) if owner is not None else []
+
+
+def validation_problems(err: ValidationError, model: type[BaseModel], where: str, source: str,
+                        lines: Lines | None = None, base: tuple = ()) -> list[str]:
+    """One line per validation error: `SOURCE:LINE: 'key': message` (the line when the YAML text is known)."""
+    out = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            valid = _owner_fields(model, loc)
+            msg = f"unknown key '{where}{key}'" + (_suggest(loc[-1], valid) if valid else "")
+        else:
+            text = e["msg"].removeprefix("Value error, ")
+            msg = f"'{where}{key}': {text}" if key else text
+        # a missing key is reported at its mapping; any other at its key, or not at all when --set gave it
+        shortest = 0 if e["type"] == "missing" else len(base) + 1
+        line = _line_of(lines, base + tuple(e["loc"]), shortest)
+        out.append(f"{source}:{line}: {msg}" if line is not None else f"{source}: {msg}")
+    return out
+
+
+def _format_error(err: ValidationError, model: type[BaseModel], where: str, source: str,
+                  lines: Lines | None = None, base: tuple = ()) -> ConfigError:
+    """A ConfigError listing every problem of a validation error, one line each."""
+    return ConfigError("\n".join(validation_problems(err, model, where, source, lines, base)))
+
+
+def _stage_problems(raw: Any, index: int, source: str, lines: Lines | None) -> tuple[StageConfig | None, list[str]]:
+    """(the validated stage, []) or (None, its problems)."""
     where = f"stages[{index}]."
+    line = _line_of(lines, ("stages", index))
+    at = f"{source}:{line}" if line is not None else source
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: 'stages[{index}]' must be a mapping with at least 'name' and 'type'")
+        return None, [f"{at}: 'stages[{index}]' must be a mapping with at least 'name' and 'type'"]
     types = registry()
     t = raw.get("type")
     if t is None:
-        raise ConfigError(f"{source}: 'stages[{index}]' has no 'type'; one of: {', '.join(sorted(types))}")
+        return None, [f"{at}: 'stages[{index}]' has no 'type'; one of: {', '.join(sorted(types))}"]
     if t not in types:
-        raise ConfigError(f"{source}: unknown stage type '{t}' in stages[{index}]"
-                          + _suggest(str(t), list(types)))
+        at = f"{source}:{_line_of(lines, ('stages', index, 'type'))}" if lines else source
+        return None, [f"{at}: unknown stage type '{t}' in stages[{index}]" + _suggest(str(t), list(types))]
     raw = {"name": t, **raw}
     cfg_model = types[t].config
     try:
-        return cfg_model.model_validate(raw)
+        return cfg_model.model_validate(raw), []
     except ValidationError as e:
-        raise _format_error(e, cfg_model, where, source) from None
+        return None, validation_problems(e, cfg_model, where, source, lines, ("stages", index))
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
-    """Validate a recipe mapping (already loaded from YAML)."""
+def parse_stage(raw: Any, index: int, source: str, lines: Lines | None = None) -> StageConfig:
+    """Validate one stage dict against the config model of its type."""
+    stage, problems = _stage_problems(raw, index, source, lines)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return stage  # type: ignore[return-value]
+
+
+def parse_recipe(data: Any, source: str = "recipe", lines: Lines | None = None) -> Recipe:
+    """Validate a recipe mapping (already loaded from YAML); every problem is reported at once, one per line."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe must be a YAML mapping")
     stages_raw = data.get("stages", [])
+    problems: list[str] = []
+    stages: list[StageConfig] = []
     if not isinstance(stages_raw, list):
-        raise ConfigError(f"{source}: 'stages' must be a list")
-    stages = [parse_stage(s, i, source) for i, s in enumerate(stages_raw)]
+        problems.append(f"{source}: 'stages' must be a list")
+        stages_raw = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(stages_raw):
+        stage, found = _stage_problems(raw, i, source, lines)
+        problems += found
+        if stage is None:
+            continue
+        if stage.name in seen:
+            line = _line_of(lines, ("stages", i, "name")) or _line_of(lines, ("stages", i))
+            at = f"{source}:{line}" if line is not None else source
+            problems.append(f"{at}: two stages are named {stage.name!r} (stages[{seen[stage.name]}] and "
+                            f"stages[{i}])")
+        seen.setdefault(stage.name, i)
+        stages.append(stage)
     top = {k: v for k, v in data.items() if k != "stages"}
+    recipe = None
     try:
         recipe = Recipe.model_validate({**top, "stages": []})
     except ValidationError as e:
-        raise _format_error(e, Recipe, "", source) from None
-    recipe.stages = stages
-    try:
-        return Recipe.model_validate(recipe.model_dump() | {"stages": stages})
-    except ValidationError as e:
-        raise _format_error(e, Recipe, "", source) from None
+        problems += validation_problems(e, Recipe, "", source, lines)
+    if problems:
+        problems.sort(key=lambda p: int(m.group(1)) if (m := re.match(rf"{re.escape(source)}:(\d+):", p)) else 0)
+        raise ConfigError("\n".join(problems))
+    recipe.stages = stages  # type: ignore[union-attr]
+    return recipe  # type: ignore[return-value]
 
 
 def parse_value(text: str) -> Any:
@@ -186,11 +270,20 @@ def config_from(model: type[BaseModel], *, fields: dict[str, Any], config_file: 
 
 def read_yaml(path: str | Path, what: str = "recipe") -> Any:
     """Parse a YAML file; a missing file or a syntax error is a ConfigError naming the file and line."""
+    return read_yaml_lines(path, what)[0]
+
+
+def read_yaml_lines(path: str | Path, what: str = "recipe") -> tuple[Any, Lines]:
+    """(parsed YAML, line of every key path) of a file; errors name the file and line."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}" if not path.exists() else f"{what} {path} is not a file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    try:
+        return yaml.safe_load(text) or {}, yaml_lines(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -199,10 +292,10 @@ def read_yaml(path: str | Path, what: str = "recipe") -> Any:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe file."""
-    data = read_yaml(path)
+    data, lines = read_yaml_lines(path)
     if overrides:
         data = apply_overrides(data, overrides)
-    return parse_recipe(data, str(path))
+    return parse_recipe(data, str(path), lines)
 
 
 def bundled_recipe(name: str) -> Path:

@@ -259,8 +259,11 @@ def detect_kind_at(obj: Any, *, file: object = None, line: int | str | None = No
 def read_records(path: str | os.PathLike, kind: type[Record] | None = None) -> list[Record]:
     """Read a JSONL file of records (type detected from the first line when not given); checks every line
     and rejects duplicate ids."""
+    from meditune.data.checks import FileChecks  # data imports records: import when called
+
     out: list[Record] = []
     seen: dict[str, int] = {}
+    checks = FileChecks(path)
     for line, obj in iter_jsonl(path):
         if kind is None:
             kind = detect_kind_at(obj, file=path, line=line)
@@ -271,7 +274,9 @@ def read_records(path: str | os.PathLike, kind: type[Record] | None = None) -> l
                 raise InputError(f"duplicate id {rid!r} (first on line {seen[rid]})", file=path, line=line,
                                  field="id")
             seen[rid] = line
+        checks.check(rec, line)
         out.append(rec)
+    checks.finish()
     return out
 
 

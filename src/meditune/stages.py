@@ -12,9 +12,11 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from meditune.io import child, directory_name
 
 # One module per family of stage types; each registers its types when imported.
 STAGE_MODULES = [
@@ -33,6 +35,9 @@ RECIPE_DEFAULTS: dict[str, Any] = {"model": "default", "seed": 0, "device": "aut
                                    "trust_remote_code": False, "system_prompt": None}
 BACKEND_DEFAULTS = ("model", "device", "dtype", "trust_remote_code")  # what a generator or judge reference takes
 
+# A name that becomes a directory (stage and recipe names): letters, digits, '_' and '-'.
+DirectoryName = Annotated[str, AfterValidator(directory_name)]
+
 
 class StageConfig(BaseModel):
     """Fields every stage has. Subclasses add their own; unknown keys are errors.
@@ -43,7 +48,7 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     recipe_defaults: ClassVar[tuple[str, ...]] = ()
 
-    name: str
+    name: DirectoryName  # the stage's directory inside the run directory: no '/', '.', '..' or absolute paths
     type: str
 
     def recipe_default_targets(self) -> list[tuple[BaseModel, tuple[str, ...]]]:
@@ -83,8 +88,8 @@ class StageContext:
         return self.recipe.seed
 
     def path(self, name: str) -> Path:
-        """A path inside this stage's directory."""
-        return self.stage_dir / name
+        """A path inside this stage's directory (a name that would leave it is a ConfigError)."""
+        return child(self.stage_dir, name)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 
@@ -25,9 +26,9 @@ def chat(
     from meditune.chat import render_chat
     from meditune.models import load_model
 
-    with console.status(f"loading {model} ..."):
+    with console.status(f"loading {escape(model)} ..."):
         lm, tok = load_model(model, trust_remote_code=trust_remote_code)
-    console.print(f"[bold]{model}[/] ready. /reset clears the history, /exit quits.")
+    console.print(f"[bold]{escape(model)}[/] ready. /reset clears the history, /exit quits.")
     history: list[dict[str, str]] = []
     while True:
         try:

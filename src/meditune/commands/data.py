@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from meditune.errors import ConfigError
@@ -77,10 +78,11 @@ def inspect(source: str = typer.Argument(..., help="source spec"),
     if as_json:
         typer.echo(json.dumps(stats, ensure_ascii=False, indent=2))
         return
-    table = Table(title=f"{source}", show_header=False)
+    table = Table(title=escape(source), show_header=False)
     for key, value in stats.items():
         if key != "examples":
-            table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            table.add_row(escape(key), escape(text))
     console.print(table)
     for ex in stats["examples"]:
         console.print_json(json.dumps(ex, ensure_ascii=False))
@@ -97,10 +99,12 @@ def convert(source: str = typer.Argument(..., help="source spec"),
     """Load a source and write it as our JSONL records, TRL JSONL, or a HF datasets directory (atomically)."""
     from meditune.data.export import save_hf, write_trl
     from meditune.data.registry import load_source
+    from meditune.io import check_output_dir, check_output_file
     from meditune.records import write_records
 
     if fmt not in ("records", "trl", "hf"):
         raise ConfigError(f"--format {fmt!r}: one of records, trl, hf")
+    (check_output_dir if fmt == "hf" else check_output_file)(to, "--to")
     records = load_source(source, **loader_options(option, field, kind))
     if limit is not None:
         records = records[:limit]
@@ -111,20 +115,42 @@ def convert(source: str = typer.Argument(..., help="source spec"),
     else:
         save_hf(records, to)
         n = len(records)
-    console.print(f"wrote {n} items to {to} ({fmt})")
+    console.print(f"wrote {n} items to {to} ({fmt})", markup=False, highlight=False, soft_wrap=True)
 
 
 @data_app.command("validate")
-def validate(file: str = typer.Argument(..., help="JSONL file of meditune records"),
-             kind: str = typer.Option(None, help="expected record type (default: detected from line 1)")) -> None:
-    """Check every line of a records file (schema, answer ranges, spans, duplicate ids); exit 2 on the first error."""
-    from meditune.records import RECORD_TYPES, kind_name, read_records
+def validate(source: str = typer.Argument(..., help="source spec (NAME:PATH, sample:NAME, hub:..., PATH)"),
+             option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
+             field: list[str] = typer.Option(None, "--field", "-f", help=FIELD_HELP),
+             kind: str = typer.Option(None, help="record type (generic files; for records files the expected "
+                                                 "type, default: detected from line 1)"),
+             max_errors: int = typer.Option(50, "--max-errors", min=1, help="stop after this many errors")) -> None:
+    """Check every item of a source (schema, answer ranges, spans, duplicate ids, encoding); report all errors
+    found (up to --max-errors) and exit 2 when there is any."""
+    from meditune.data.checks import validate_source
+    from meditune.errors import print_error
+    from meditune.records import RECORD_TYPES, kind_name
 
     if kind is not None and kind not in RECORD_TYPES:
         raise ConfigError(f"--kind {kind!r}: one of {', '.join(RECORD_TYPES)}")
-    records = read_records(file, RECORD_TYPES[kind] if kind else None)
-    what = kind_name(type(records[0])) if records else "no"
-    console.print(f"{file}: {len(records)} valid {what} records")
+    # our own records files detect their type; --kind maps generic files (with --field) to a type
+    found = validate_source(source, cap=max_errors, **loader_options(option, field, kind if field else None))
+    for warning in found.warnings:
+        print_error(warning, label="warning:")
+    if found.errors:
+        for e in found.errors:
+            print_error(str(e))
+        n = len(found.errors)
+        total = f"at least {n} errors (stopped after the first {n})" if found.capped else \
+            f"{n} error{'s' if n > 1 else ''}"
+        print_error(f"{source}: {total}", label="invalid:")
+        raise typer.Exit(2)
+    records = found.records or []
+    kinds = sorted({kind_name(type(r)) for r in records})
+    if kind is not None and kinds != [kind]:
+        raise ConfigError(f"{source}: expected {kind} records, found {', '.join(kinds)}")
+    console.print(f"{source}: {len(records)} valid {', '.join(kinds)} records", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 @data_app.command("overlap")
@@ -152,11 +178,11 @@ def overlap(train: str = typer.Argument(..., help="training source spec"),
         typer.echo(json.dumps({**summary, "flagged": report.flagged}, ensure_ascii=False, indent=2))
         return
     table = Table(title=f"overlap ({n}-grams)", show_header=False)
-    table.add_row("train", train)
-    table.add_row("eval", eval_)
+    table.add_row("train", escape(train))
+    table.add_row("eval", escape(eval_))
     for key, value in summary.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     for f in report.flagged[:show]:
         console.print(f"  {f['train_id']} ~ {', '.join(f['eval_ids'][:3])} (shared {f['shared_ngrams']}"
-                      f"{', exact question' if f['exact_question'] else ''})", highlight=False)
+                      f"{', exact question' if f['exact_question'] else ''})", highlight=False, markup=False)

@@ -17,8 +17,9 @@ def _fmt(summary: dict[str, Any]) -> str:
 def _run_mcqa(opts: Any, extras: dict[str, Any]) -> None:
     """Evaluate, print the metrics table and where the files are."""
     from meditune.evaluation.mcqa import evaluate_mcqa
-    from meditune.io import read_json
+    from meditune.io import check_output_dir, read_json
 
+    check_output_dir(extras["out"], "--out")
     paths = evaluate_mcqa(opts, extras["out"])
     _print_results(read_json(paths["results"]))
     typer.echo(f"results: {paths['results']}\nsamples: {paths['samples']}")

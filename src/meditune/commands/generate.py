@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from meditune.commands.options import config_command
 
@@ -26,14 +28,17 @@ def _run_generate(stage: Any, extras: dict[str, Any]) -> None:
     from meditune.generation.job import run_job
     from meditune.generation.sampling import check_params
     from meditune.generation.stage import backend_config_of, sampling_of, stage_requests
+    from meditune.io import check_output_dir, removed_on_error
     from meditune.models import cache_dir as models_cache
 
+    check_output_dir(extras["out"], "--out")
     cfg, params = backend_config_of(stage, None), sampling_of(stage, None)
     check_params(params, "command line")
     requests = stage_requests(stage, None)
     cache = GenerationCache(extras["cache_dir"] or models_cache() / "generations") if stage.cache else None
-    result = run_job(requests, lambda: make_backend(cfg), extras["out"], model=model_key(cfg), label=cfg.label,
-                     unit_size=stage.unit_size, cache=cache, progress=extras["progress"])
+    with removed_on_error(extras["out"]):  # bad input (a request, the model, the key): nothing is left in OUT
+        result = run_job(requests, lambda: make_backend(cfg), extras["out"], model=model_key(cfg), label=cfg.label,
+                         unit_size=stage.unit_size, cache=cache, progress=extras["progress"])
     console.print(f"{result.records} items -> {result.path} (generated {result.generated}, cached {result.cached}, "
                   f"resumed {result.resumed}; {result.completion_tokens} tokens, "
                   f"{result.tokens_per_second:.1f} tok/s)", highlight=False)
@@ -68,6 +73,15 @@ def serve(
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", min=1,
+                                         help="Most tokens one request may generate (also capped by the model's "
+                                              "context); larger max_tokens get a 400."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1,
+                                       help="Largest request body; larger ones get a 413."),
+    api_key_env: str = typer.Option(None, "--api-key-env",
+                                    help="Environment variable holding the API key clients must send "
+                                         "(Authorization: Bearer KEY)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
     fault: list[str] = typer.Option(None, "--fault", hidden=True,
                                     help="Testing: fail the first requests, KIND:COUNT[:SECONDS] with KIND "
                                          "500 | 429 | slow | malformed (repeatable)."),
@@ -76,16 +90,24 @@ def serve(
     from meditune.errors import ConfigError
     from meditune.generation.base import BackendConfig
     from meditune.generation.factory import make_backend
-    from meditune.generation.server import FaultPlan
+    from meditune.generation.server import FaultPlan, ServerLimits, check_exposure
     from meditune.generation.server import serve as run_server
 
     if backend not in ("transformers", "vllm"):
         raise ConfigError(f"--backend {backend!r}: serve runs a local model (transformers or vllm)")
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env) or None
+        if api_key is None:
+            raise ConfigError(f"--api-key-env {api_key_env}: the environment variable is not set or empty")
+    check_exposure(host, api_key, insecure)  # before loading the model
+    limits = ServerLimits(max_tokens=max_tokens_limit, max_body_bytes=max_body_bytes)
     plan = FaultPlan.parse(fault) if fault else None
     cfg = BackendConfig(backend=backend, model=model, system_prompt=system, device=device, dtype=dtype,
                         trust_remote_code=trust_remote_code, batch_size=batch_size)
-    with console.status(f"loading {model} ..."):
+    with console.status(f"loading {escape(model)} ..."):
         be = make_backend(cfg)
     name = served_name or model
-    console.print(f"serving {name!r} at http://{host}:{port}/v1 (Ctrl-C stops)", highlight=False)
-    run_server(be, name, host=host, port=port, max_batch=batch_size, faults=plan)
+    console.print(f"serving {name!r} at http://{host}:{port}/v1 (Ctrl-C stops)", highlight=False, markup=False)
+    run_server(be, name, host=host, port=port, max_batch=batch_size, faults=plan, limits=limits, api_key=api_key,
+               insecure=insecure)

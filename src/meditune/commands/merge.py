@@ -27,7 +27,7 @@ def merge(
         raise ConfigError(f"output directory {out} exists and is not empty; pass --force to replace it")
     summary = run_merge(spec, out, seed=seed, progress=True)
     Console().print(f"merged {len(summary['models'])} models with {summary['method']}: {summary['tensors']} "
-                    f"tensors in {summary['shards']} shard(s), {summary['seconds']:.1f} s -> {out}")
+                    f"tensors in {summary['shards']} shard(s), {summary['seconds']:.1f} s -> {out}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -57,4 +57,4 @@ def pull(model: str = typer.Argument(..., help="default | file.gguf | org/name")
         path = hub_snapshot(model, download=True)
     else:
         path = resolve(model).path
-    console.print(f"{model}: {path}")
+    console.print(f"{model}: {path}", markup=False, highlight=False)

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -76,9 +77,9 @@ def build(
     for g in card["generators"]:
         m = g["score"]
         ci = "n/a" if m["mean"] is None else f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
-        table.add_row(g["label"], str(g["answers"]), str(m["n"]), ci, str(g["chosen"]), str(g["rejected"]))
+        table.add_row(escape(g["label"]), str(g["answers"]), str(m["n"]), ci, str(g["chosen"]), str(g["rejected"]))
     console.print(table)
     console.print(f"questions dropped: {c['questions_dropped'] or 'none'}; answers excluded: "
-                  f"{c['answers_dropped'] or 'none'}")
+                  f"{c['answers_dropped'] or 'none'}", markup=False)
     for name in ("dataset", "trl", "datacard_md"):
-        console.print(f"{name}: {paths[name]}")
+        console.print(f"{name}: {paths[name]}", markup=False)

@@ -33,4 +33,4 @@ def report(
     path = build_report(run_dir, out or run_dir / "report.html",
                         title=title or f"meditune: {recipe.get('name', run_dir.name)}",
                         recipe=recipe, pair_samples=pair_samples)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False, highlight=False)

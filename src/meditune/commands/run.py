@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -32,16 +33,16 @@ def run(
     rec = load_recipe(path, set_)
     pipe = Pipeline(rec, run_dir)
     plan = pipe.plan(only=only or None, from_stage=from_stage, force=force or None)
-    table = Table(title=f"{rec.name}: {pipe.run_dir}")
+    table = Table(title=escape(f"{rec.name}: {pipe.run_dir}"))
     for col in ("stage", "type", "action", "why", "estimated work"):
         table.add_column(col)
     for item in plan:
         est = ", ".join(f"{k}={v}" for k, v in (item.estimate or {}).items())
-        table.add_row(item.stage.name, item.stage.type, item.action, item.reason, est)
+        table.add_row(item.stage.name, item.stage.type, item.action, escape(item.reason), escape(est))
     console.print(table)
     if dry_run:
         return
     pipe.run(only=only or None, from_stage=from_stage, force=force or None)
     if pipe.skipped:
-        console.print(f"skipped (finished, unchanged): {', '.join(pipe.skipped)}")
-    console.print(f"[green]done[/]: {pipe.run_dir}")
+        console.print(f"skipped (finished, unchanged): {', '.join(pipe.skipped)}", markup=False)
+    console.print(f"[green]done[/]: {escape(str(pipe.run_dir))}")

@@ -98,11 +98,11 @@ def score(
             m = dahl_model_score(scores)
             val = "n/a" if m["score"] is None else f"{m['score']:.4f}"
             console.print(f"{g}: DAHL {val} 95% CI [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}] n={m['n']} "
-                          f"(dropped {m['n_dropped']}: {m['dropped_by_reason'] or 'none'})")
+                          f"(dropped {m['n_dropped']}: {m['dropped_by_reason'] or 'none'})", markup=False)
         else:
             vals = [s.value for s in scores if s.clean and s.value is not None]
             m = mean_ci(vals)
             val = "n/a" if m["mean"] is None else f"{m['mean']:.4f}"
             console.print(f"{g}: {cfg.type} mean {val} 95% CI [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}] n={m['n']} "
-                          f"(unscored {len(scores) - len(vals)})")
-    console.print(f"scores: {shard.path}")
+                          f"(unscored {len(scores) - len(vals)})", markup=False)
+    console.print(f"scores: {shard.path}", markup=False, highlight=False)

@@ -58,6 +58,7 @@ def _make_command(stage: str, help_text: str):
         config: Path = typer.Option(None, "--config", "-c", help="YAML mapping of stage options."),
         set_: list[str] = typer.Option([], "--set", help="Any stage option: key=value (repeatable)."),
     ) -> None:
+        from meditune.io import check_output_dir, removed_on_error
         from meditune.logs import log_to_file
         from meditune.recipe import Recipe
         from meditune.stages import StageContext, registry
@@ -66,12 +67,15 @@ def _make_command(stage: str, help_text: str):
                   "epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "system_prompt": system_prompt}
         cfg = stage_config(stage, stage, fields, config, set_)
         recipe = Recipe(name=f"train-{stage}", model=model, seed=seed)
-        out.mkdir(parents=True, exist_ok=True)
-        ctx = StageContext(run_dir=out, stage_dir=out, recipe=recipe)
-        with log_to_file(out / "train.log"):
-            outs = registry()[stage].run(cfg, ctx)
+        check_output_dir(out, "--out")
+        # bad data or settings found while training starts: nothing (not even train.log) stays in OUT
+        with removed_on_error(out):
+            out.mkdir(parents=True, exist_ok=True)
+            ctx = StageContext(run_dir=out, stage_dir=out, recipe=recipe)
+            with log_to_file(out / "train.log"):
+                outs = registry()[stage].run(cfg, ctx)
         for name, path in outs.items():
-            console.print(f"{name}: {path}")
+            console.print(f"{name}: {path}", markup=False, highlight=False)
 
     command.__doc__ = help_text
     return command

@@ -4,11 +4,13 @@ required-field access, answer-letter parsing and record validation that names fi
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import json
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,12 @@ from meditune.errors import InputError
 from meditune.records import LETTERS, Record, parse_record
 
 BOM = b"\xef\xbb\xbf"
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+HAN = re.compile(r"[\u4e00-\u9fff]")
+LATIN = re.compile(r"[A-Za-z]")
+# Lines blanked out on read, by resolved path: `data validate` re-reads a source without the lines already
+# reported, to find the errors after them (line numbers stay those of the file).
+_MASKED: ContextVar[dict[Path, set[int]] | None] = ContextVar("meditune_masked_lines", default=None)
 
 
 @dataclass(frozen=True)
@@ -32,8 +40,87 @@ class Src:
         return InputError(message, file=self.display or self.path, line=line, field=field)
 
 
-def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """Decode a whole file; a UTF-8 BOM is dropped, a wrong encoding names the line and suggests a fix."""
+# Encodings worth suggesting for a file that is not UTF-8, by the script its text should be in.
+LEGACY_ENCODINGS = {"ko": ("cp949", "euc-kr"), "zh": ("gb18030", "big5"), "latin": ("cp1252", "latin-1")}
+SCRIPT_NAMES = {"ko": "Korean (Hangul)", "zh": "Chinese (Han)", "latin": "Latin-script"}
+
+
+@contextlib.contextmanager
+def masked_lines(masked: dict[Path, set[int]]):
+    """Within the block, read_text returns the files of `masked` with those (1-based) lines blanked."""
+    token = _MASKED.set(masked)
+    try:
+        yield masked
+    finally:
+        _MASKED.reset(token)
+
+
+def mask_lines(path: Path, text: str) -> str:
+    """`text` with the lines masked for `path` (see masked_lines) replaced by empty lines."""
+    masked = _MASKED.get()
+    lines = masked.get(path.resolve()) if masked else None
+    if not lines:
+        return text
+    parts = text.split("\n")
+    for i in lines:
+        if 1 <= i <= len(parts):
+            parts[i - 1] = ""
+    return "\n".join(parts)
+
+
+def script_share(text: str, script: str) -> float:
+    """Share of the non-ASCII letters of `text` that belong to `script` (ko: Hangul, zh: Han, latin: Latin)."""
+    letters = [c for c in text if ord(c) > 127 and c.isalpha()]
+    if not letters:
+        return 1.0 if script == "latin" else 0.0
+    if script == "latin":
+        # real Latin-1 text has sparse accented letters; CJK bytes read as Latin-1 give a letter per byte
+        ascii_letters = sum(c.isascii() and c.isalpha() for c in text)
+        if len(letters) > 0.3 * (len(letters) + ascii_letters):
+            return 0.0
+        return sum("\u00c0" <= c <= "\u024f" for c in letters) / len(letters)
+    pattern = HANGUL if script == "ko" else HAN
+    return sum(bool(pattern.match(c)) for c in letters) / len(letters)
+
+
+def suggest_encoding(raw: bytes, script: str | None) -> tuple[str, str] | None:
+    """(encoding, script) of an encoding that decodes `raw` to text of the expected script, or None. With no
+    expected script each family is tried with a strict share, so a CP949 file is never called GB18030 and the
+    other way round."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16", script or "latin"
+    scripts = [script] if script else ["ko", "zh", "latin"]
+    need = 0.5 if script else 0.9
+    for sc in scripts:
+        if sc in ("ko", "zh") and paired_high_bytes(raw) < 0.8:
+            continue  # lone high bytes (accented Latin letters) also decode as CJK, pairing them with ASCII
+        for enc in LEGACY_ENCODINGS[sc]:
+            try:
+                text = raw.decode(enc)
+            except UnicodeDecodeError:
+                continue
+            if script_share(text, sc) >= need:
+                return enc, sc
+    return None
+
+
+def paired_high_bytes(raw: bytes) -> float:
+    """Share of the bytes >= 0x80 that sit in runs of two or more: about 1 for CJK text in a double-byte
+    encoding (both bytes of its common characters are high), about 0 for Latin-1/CP1252 text."""
+    high = paired = run = 0
+    for b in raw + b"\x00":
+        if b >= 0x80:
+            run += 1
+            continue
+        high += run
+        paired += run if run >= 2 else 0
+        run = 0
+    return paired / high if high else 0.0
+
+
+def read_text(path: Path, encoding: str = "utf-8", script: str | None = None) -> str:
+    """Decode a whole file; a UTF-8 BOM is dropped, a wrong encoding names the line and suggests one that
+    decodes to text of the expected `script` (ko, zh or latin; None when the loader cannot know)."""
     if not path.exists():
         raise InputError("file not found", file=path)
     raw = path.read_bytes()
@@ -42,18 +129,33 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         raw = raw[len(BOM):]
         enc = "utf-8"
     try:
-        return raw.decode(enc)
+        text = raw.decode(enc)
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        hint = " (is it GB18030? pass encoding=gb18030)" if enc.startswith("utf") else ""
-        raise InputError(f"cannot decode byte {e.start} as {encoding}{hint}", file=path, line=line) from None
+        raise InputError(f"cannot decode byte {e.start} as {encoding}{_hint(raw, script, encoding)}", file=path,
+                         line=line) from None
     except LookupError:
         raise InputError(f"unknown encoding {encoding!r}", file=path, field="encoding") from None
+    if script in ("ko", "zh") and not enc.startswith("utf") and script_share(text, script) < 0.5:
+        # a legacy encoding decodes almost any bytes: check that the result is text of the expected language
+        raise InputError(f"decoded as {encoding}, this is not {SCRIPT_NAMES[script]} text"
+                         f"{_hint(raw, script, encoding)}", file=path, field="encoding")
+    return mask_lines(path, text)
 
 
-def iter_json_lines(src: Src, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-empty line of a JSON-lines file; every line must be an object."""
-    text = read_text(src.path, encoding)
+def _hint(raw: bytes, script: str | None, tried: str) -> str:
+    found = suggest_encoding(raw, script)
+    if found and found[0] != tried.lower():
+        return f" (it reads as {SCRIPT_NAMES[found[1]]} text with encoding={found[0]}: pass that)"
+    expected = f" as {SCRIPT_NAMES[script]} text" if script else ""
+    return f" (no common encoding reads it{expected}; convert it to UTF-8)"
+
+
+def iter_json_lines(src: Src, encoding: str = "utf-8",
+                    script: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line of a JSON-lines file; every line must be an object.
+    `script` is the script the text should be in (ko, zh, latin), for encoding hints."""
+    text = read_text(src.path, encoding, script)
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -66,9 +168,9 @@ def iter_json_lines(src: Src, encoding: str = "utf-8") -> Iterator[tuple[int, di
         yield i, obj
 
 
-def load_json(src: Src, encoding: str = "utf-8") -> Any:
+def load_json(src: Src, encoding: str = "utf-8", script: str | None = None) -> Any:
     """Parse a whole-file JSON document; syntax errors name the line."""
-    text = read_text(src.path, encoding)
+    text = read_text(src.path, encoding, script)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -77,11 +179,11 @@ def load_json(src: Src, encoding: str = "utf-8") -> Any:
 
 
 def iter_csv(src: Src, *, encoding: str = "utf-8", header: bool = True, required: tuple[str, ...] = (),
-             delimiter: str = ",") -> Iterator[tuple[int, dict[str, str] | list[str]]]:
+             delimiter: str = ",", script: str | None = None) -> Iterator[tuple[int, dict[str, str] | list[str]]]:
     """(line number, row) for each data row; with a header rows are dicts and `required` columns are checked.
 
     Rows whose field count differs from the header's are errors (a stray comma or quote)."""
-    text = read_text(src.path, encoding)
+    text = read_text(src.path, encoding, script)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     cols: list[str] | None = None
     start = 1
@@ -160,9 +262,6 @@ def check_option_count(src: Src, n: int, expected: int | None, line: int | str |
                         f"pass n_options to choose)", line=line, field=field)
 
 
-HANGUL = re.compile(r"[\uac00-\ud7a3]")
-HAN = re.compile(r"[\u4e00-\u9fff]")
-LATIN = re.compile(r"[A-Za-z]")
 
 
 def guess_language(text: str) -> str:

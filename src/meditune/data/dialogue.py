@@ -30,7 +30,7 @@ def _chat(src: Src, line: int, title: str, ask: str, answer: str, meta: dict) ->
         "blocks; GB18030 by default", patterns=("*.csv", "*.txt"), options=OPTIONS)
 def cmd(src: Src, encoding: str = "gb18030") -> Iterator[tuple[int, Chat]]:
     if src.path.suffix.lower() == ".txt":
-        lines = read_text(src.path, encoding).replace("\r\n", "\n").split("\n")
+        lines = read_text(src.path, encoding, script="zh").replace("\r\n", "\n").split("\n")
         block: list[str] = []
         start = 0
         for n, text in enumerate([*lines, ""], start=1):
@@ -47,6 +47,6 @@ def cmd(src: Src, encoding: str = "gb18030") -> Iterator[tuple[int, Chat]]:
             yield start, _chat(src, start, title, ask, "\n".join(block[1:]), {})
             block = []
         return
-    for line, row in iter_csv(src, encoding=encoding, required=("ask", "answer")):
+    for line, row in iter_csv(src, encoding=encoding, required=("ask", "answer"), script="zh"):
         meta = {"department": row["department"]} if row.get("department") else {}
         yield line, _chat(src, line, row.get("title", ""), row["ask"], row["answer"], meta)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from meditune.errors import ConfigError, InputError
-from meditune.io import write_jsonl
+from meditune.io import remove_tree, write_jsonl
 from meditune.prompts import render_mcq
 from meditune.records import (
     RECORD_TYPES,
@@ -114,8 +113,8 @@ def save_hf(records: list[Record], directory: str | os.PathLike) -> Path:
     try:
         to_hf_dataset(records).save_to_disk(str(tmp / "ds"))
         if directory.exists():
-            shutil.rmtree(directory)
+            remove_tree(directory, inside=directory.parent)
         os.replace(tmp / "ds", directory)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, inside=directory.parent)
     return directory

@@ -20,8 +20,8 @@ COLUMNS = ("subject", "question", "A", "B", "C", "D", "E", "answer")
         "-> rationale); a directory reads every subset/split", patterns=("*.csv", "*.jsonl"),
         options={"encoding": "file encoding (default utf-8)"})
 def kormedmcqa(src: Src, encoding: str = "utf-8") -> Iterator[tuple[int, MCQItem]]:
-    rows = (iter_json_lines(src, encoding) if src.path.suffix == ".jsonl"
-            else iter_csv(src, encoding=encoding, required=COLUMNS))
+    rows = (iter_json_lines(src, encoding, script="ko") if src.path.suffix == ".jsonl"
+            else iter_csv(src, encoding=encoding, required=COLUMNS, script="ko"))
     for line, row in rows:
         row = {k: "" if v is None else str(v) for k, v in row.items()}  # type: ignore[union-attr]
         for col in COLUMNS:

@@ -105,7 +105,7 @@ def mmlu(src: Src) -> Iterator[tuple[int, MCQItem]]:
 @loader("cmmlu", "mcq", "CMMLU CSV `,Question,A,B,C,D,Answer` (letter); subject from the file name",
         patterns=("*.csv",))
 def cmmlu(src: Src) -> Iterator[tuple[int, MCQItem]]:
-    for line, row in iter_csv(src, required=("Question", "A", "B", "C", "D", "Answer")):
+    for line, row in iter_csv(src, required=("Question", "A", "B", "C", "D", "Answer"), script="zh"):
         options = [row[k] for k in "ABCD"]
         check_option_count(src, len(options), 4, line)
         yield line, make(src, MCQItem, {

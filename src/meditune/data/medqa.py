@@ -22,7 +22,8 @@ def read_medqa(src: Src, *, language: str, n_options: int | None = None,
                encoding: str = "utf-8") -> Iterator[tuple[int, MCQItem]]:
     """MCQItems of one MedQA JSONL file."""
     expected = n_options
-    for line, obj in iter_json_lines(src, encoding):
+    script = "zh" if language.startswith("zh") else "latin" if language == "en" else None
+    for line, obj in iter_json_lines(src, encoding, script):
         question = need(src, obj, "question", line)
         opts = need(src, obj, "options", line, dict)
         letters = list(opts)

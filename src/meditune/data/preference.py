@@ -13,7 +13,10 @@ from meditune.data.registry import loader
 from meditune.records import Preference
 
 log = logging.getLogger(__name__)
-DROP_EMPTY = {"drop_empty": "skip pairs whose chosen or rejected answer is empty, with a warning (default true)"}
+DROP_EMPTY = {
+    "drop_empty": "skip pairs whose chosen or rejected answer is empty, with a warning (default true)",
+    "drop_identical": "skip pairs whose chosen equals rejected, with one warning per file (default false: an error)",
+}
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
@@ -55,9 +58,30 @@ def _empty_side(src: Src, obj: dict, line: int, drop_empty: bool) -> bool:
     return bool(empty) and drop_empty
 
 
+class _SameSides:
+    """Pairs whose chosen equals rejected, skipped when asked (else load_source's checks reject them)."""
+
+    def __init__(self, src: Src, drop: bool):
+        self.src, self.drop, self.count, self.first = src, drop, 0, None
+
+    def skip(self, pair: Preference, line: int) -> bool:
+        if not self.drop or pair.chosen.strip() != pair.rejected.strip():
+            return False
+        self.count += 1
+        self.first = self.first or line
+        return True
+
+    def report(self) -> None:
+        if self.count:
+            log.warning("%s: skipped %d pair(s) whose chosen equals rejected (first at line %d)",
+                        self.src.display or self.src.path, self.count, self.first)
+
+
 @loader("ultrafeedback", "preference", "UltraFeedback-style JSONL {prompt, chosen, rejected, metadata "
         "{score_chosen, score_rejected} (dict or stringified)}", options=DROP_EMPTY)
-def ultrafeedback(src: Src, drop_empty: bool = True) -> Iterator[tuple[int, Preference]]:
+def ultrafeedback(src: Src, drop_empty: bool = True,
+                  drop_identical: bool = False) -> Iterator[tuple[int, Preference]]:
+    same = _SameSides(src, drop_identical)
     for line, obj in iter_json_lines(src):
         if _empty_side(src, obj, line, drop_empty):
             continue
@@ -65,18 +89,23 @@ def ultrafeedback(src: Src, drop_empty: bool = True) -> Iterator[tuple[int, Pref
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         provenance = {"source_index": obj["source_index"]} if "source_index" in obj else {}
-        yield line, make(src, Preference, {
+        pair = make(src, Preference, {
             "id": f"{src.rel}:{line}", "prompt": prompt,
             "chosen": _side(src, need(src, obj, "chosen", line, (str, list)), line, "chosen"),
             "rejected": _side(src, need(src, obj, "rejected", line, (str, list)), line, "rejected"),
             **_scores(src, obj.get("metadata"), line), "provenance": provenance,
             "language": guess_language(prompt[-1].get("content", "") if isinstance(prompt[-1], dict) else "")},
             line)
+        if not same.skip(pair, line):  # type: ignore[arg-type]
+            yield line, pair  # type: ignore[misc]
+    same.report()
 
 
 @loader("sharegpt", "preference", "ShareGPT-style preference JSONL {conversations: [{from, value}], chosen, "
         "rejected}; from = human/gpt/system", options=DROP_EMPTY)
-def sharegpt(src: Src, drop_empty: bool = True) -> Iterator[tuple[int, Preference]]:
+def sharegpt(src: Src, drop_empty: bool = True,
+             drop_identical: bool = False) -> Iterator[tuple[int, Preference]]:
+    same = _SameSides(src, drop_identical)
     for line, obj in iter_json_lines(src):
         if _empty_side(src, obj, line, drop_empty):
             continue
@@ -93,8 +122,11 @@ def sharegpt(src: Src, drop_empty: bool = True) -> Iterator[tuple[int, Preferenc
             prompt.append({"role": role, "content": value})
         if not prompt or prompt[-1]["role"] != "user":
             raise src.error("the conversation must end with a human turn", line=line, field="conversations")
-        yield line, make(src, Preference, {
+        pair = make(src, Preference, {
             "id": f"{src.rel}:{line}", "prompt": prompt,
             "chosen": _side(src, need(src, obj, "chosen", line, (str, list)), line, "chosen"),
             "rejected": _side(src, need(src, obj, "rejected", line, (str, list)), line, "rejected"),
             "language": guess_language(prompt[-1]["content"])}, line)
+        if not same.skip(pair, line):  # type: ignore[arg-type]
+            yield line, pair  # type: ignore[misc]
+    same.report()

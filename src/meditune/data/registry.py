@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from meditune.data.checks import FileChecks, require_items
 from meditune.data.common import Src
 from meditune.errors import ConfigError, InputError
 from meditune.records import Record
@@ -147,14 +148,18 @@ def load_source(spec: str | os.PathLike, **options: Any) -> list[Record]:
     seen: dict[str, str] = {}
     targets = files_of(ld, target) if ld.takes_path else [Src(Path(target), target, display=f"{name}:{target}")]
     for src in targets:
+        where = src.display or src.path
+        hint = "; drop_identical=true skips such pairs" if "drop_identical" in ld.options else ""
+        checks = FileChecks(where, hint)
         for line, rec in ld.fn(src, **options):
             rid = rec.id  # type: ignore[attr-defined]
             if rid in seen:
-                raise InputError(f"duplicate id {rid!r} (first at {seen[rid]})", file=src.display or src.path,
-                                 line=line, field="id")
-            where = src.display or src.path
+                raise InputError(f"duplicate id {rid!r} (first at {seen[rid]})", file=where, line=line, field="id")
             seen[rid] = f"{where}:{line}" if isinstance(line, int) else f"{where} {line}"
+            checks.check(rec, line)
             records.append(rec)
+        checks.finish()
+    require_items(records, spec, len(targets))
     default_source = name if name not in ("auto", "sample", "hub") else None
     for rec in records:
         fields = type(rec).model_fields

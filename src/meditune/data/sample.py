@@ -10,6 +10,7 @@ from meditune.data.common import Src
 from meditune.data.generic import auto
 from meditune.data.registry import loader
 from meditune.errors import InputError
+from meditune.io import SAFE_NAME
 from meditune.records import Record
 
 
@@ -26,7 +27,7 @@ def sample_names() -> list[str]:
 def sample(src: Src) -> Iterator[tuple[int | str, Record]]:
     name = src.rel.removesuffix(".jsonl")
     resource = importlib.resources.files("meditune") / "sample_data" / f"{name}.jsonl"
-    if not resource.is_file():
+    if not SAFE_NAME.fullmatch(name) or not resource.is_file():  # a name, never a path out of sample_data
         raise InputError(f"no bundled sample {name!r}; available: {', '.join(sample_names()) or '(none)'}",
                          file=f"sample:{name}")
     with importlib.resources.as_file(resource) as path:

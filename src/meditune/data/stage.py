@@ -23,7 +23,7 @@ from meditune.data.overlap import filter_train, find_overlap
 from meditune.data.registry import load_source, parse_spec
 from meditune.data.stats import describe
 from meditune.errors import ConfigError, InputError
-from meditune.io import write_json
+from meditune.io import SAFE_NAME, write_json
 from meditune.records import RECORD_TYPES, Record, kind_name, write_records
 from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, stage_type
 
@@ -179,6 +179,8 @@ def count_items(spec: str, split: str | None = None) -> int | None:
     if name == "sample":
         import importlib.resources
 
+        if not SAFE_NAME.fullmatch(target.removesuffix(".jsonl")):
+            return None
         path = importlib.resources.files("meditune") / "sample_data" / f"{target.removesuffix('.jsonl')}.jsonl"
         if not path.is_file():
             return None

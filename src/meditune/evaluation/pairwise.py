@@ -34,7 +34,7 @@ from meditune.evaluation.open_common import (
 from meditune.evaluation.open_common import finish as finish_results
 from meditune.evaluation.results import metric_summary
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
-from meditune.io import iter_jsonl, read_json, write_jsonl
+from meditune.io import child, iter_jsonl, read_json, write_jsonl
 from meditune.records import Chat, LongFormItem, SafetyItem
 
 RUBRIC = ("relevance (does it answer the question asked), completeness (are the key points covered), "
@@ -238,7 +238,7 @@ def system_answers(opts: PairwiseOptions, items: Sequence[Any], out: Path,
             fields = {k: v for k, v in spec.items() if k != "answers"}
             for k in ("system_prompt", "device", "dtype", "trust_remote_code", "batch_size"):
                 fields.setdefault(k, getattr(opts, k))
-            backend = make_resumable(BackendConfig(**fields), out / "generations" / name)
+            backend = make_resumable(BackendConfig(**fields), child(out / "generations", name))
         reqs = [GenerationRequest(it.id, [{"role": "user", "content": _question(it)}], params) for it in items]
         answers[name] = {it.id: t for it, (t, _) in zip(items, first_texts(backend.generate(reqs)), strict=True)}
     return answers

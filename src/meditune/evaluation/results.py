@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from meditune.errors import InputError
-from meditune.io import hash_obj, iter_jsonl, read_json, write_json, write_jsonl
+from meditune.io import hash_obj, is_inside, iter_jsonl, read_json, write_json, write_jsonl
 from meditune.stats import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap, wilson_ci
 
 FILTER = "none"  # lm-eval's filter name for unfiltered metrics
@@ -132,7 +132,9 @@ def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
     results_path = Path(results_path)
     res = read_json(results_path)
     name = (res.get("meditune") or {}).get("samples", "samples.jsonl")
-    path = results_path.parent / name
+    path = results_path.parent / str(name)
+    if not is_inside(path, results_path.parent):
+        raise InputError(f"{name!r} is not a file beside results.json", file=results_path, field="meditune.samples")
     samples = []
     for line, obj in iter_jsonl(path):
         if not isinstance(obj, dict) or "id" not in obj or not isinstance(obj.get("metrics"), dict):

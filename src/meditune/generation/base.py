@@ -104,6 +104,7 @@ class BackendConfig(BaseModel):
     # openai backend
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from files
+    allow_insecure_http: bool = False  # send the key over plain http to a non-loopback host (trusted networks)
     max_concurrency: int = 8
     max_retries: int = 5
     timeout_s: float = 120.0

@@ -2,9 +2,13 @@
 
 Chat requests go to /chat/completions, raw prompts to /completions. Up to `max_concurrency` requests are in
 flight; 429, 5xx, timeouts, connection errors and malformed bodies are retried with exponential backoff and
-full jitter (Retry-After is honoured); other 4xx fail at once with the status and the server's message. The API
-key is read from the environment variable named by `api_key_env` and only ever placed in the request header:
-it is never logged, written, or shown in errors (it is masked if a server echoes it).
+full jitter (a delay drawn uniformly from [0, min(max_backoff_s, backoff_s * 2**attempt)], at least the
+server's Retry-After); other 4xx fail at once with the status and a short reason.
+
+The API key is read from the environment variable named by `api_key_env` and only ever placed in the request
+header, and only over https or to this machine (plain http elsewhere needs `allow_insecure_http: true`). Errors
+keep the status and a short reason (the server's message cut to REASON_CHARS), never a response body, and every
+text we log or raise has each 8+ character fragment of the key masked.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from typing import Any
 from meditune.errors import ConfigError, MeditunError
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest
 from meditune.generation.sampling import check_request, truncate_at_stop
+from meditune.secrets import is_loopback, mask_secret
 
 log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
+REASON_CHARS = 160  # a failed request keeps this much of the server's message
 
 
 class HTTPGenerationError(MeditunError):
@@ -41,7 +47,8 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, cfg: BackendConfig, *, transport: Any = None, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, sleep: Callable[[float], None] = time.sleep):
+                 max_backoff_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None):
         import httpx
 
         self.cfg = cfg
@@ -49,7 +56,12 @@ class OpenAIBackend:
         key = os.environ.get(cfg.api_key_env) or None
         if key is None and self.base_url.startswith(OPENAI_URL):
             raise ConfigError(f"the OpenAI API needs a key: set the environment variable {cfg.api_key_env}")
+        if key is not None and not cfg.allow_insecure_http and _plain_http_elsewhere(self.base_url):
+            raise ConfigError(f"base_url {self.base_url} is plain http to another machine: the key in "
+                              f"{cfg.api_key_env} would travel unencrypted; use https, or set "
+                              "allow_insecure_http: true if the network is trusted")
         self._key = key
+        self._rng = rng or random.Random()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=cfg.timeout_s,
                                     transport=transport)
@@ -132,17 +144,21 @@ class OpenAIBackend:
                 last = str(e)
                 if attempt == self.cfg.max_retries:
                     break
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
-                if e.retry_after is not None:
-                    delay = max(delay, e.retry_after)
+                delay = self.backoff(attempt, e.retry_after)
                 self.retries += 1
-                log.warning("%s%s: %s; retry %d/%d in %.1fs", self.base_url, path, last, attempt + 1,
-                            self.cfg.max_retries, delay)
+                log.warning("%s", self._mask(f"{self.base_url}{path}: {last}; retry {attempt + 1}/"
+                                             f"{self.cfg.max_retries} in {delay:.1f}s"))
                 self._sleep(delay)
             except httpx.HTTPError as e:  # anything else httpx raises: not worth retrying
                 raise HTTPGenerationError(self._mask(f"{self.base_url}{path}: {type(e).__name__}: {e}")) from None
         raise HTTPGenerationError(self._mask(f"{self.base_url}{path}: failed after {self.cfg.max_retries + 1} "
                                              f"attempts; last error: {last}"))
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry `attempt` + 1: full jitter, uniform in [0, min(cap, base * 2**attempt)]
+        (clients that failed together spread out), but never less than the server's Retry-After."""
+        delay = self._rng.uniform(0.0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
+        return max(delay, retry_after) if retry_after is not None else delay
 
     def _attempt(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -152,7 +168,7 @@ class OpenAIBackend:
         except httpx.TimeoutException:
             raise _Retryable(f"timed out after {self.cfg.timeout_s}s") from None
         except httpx.TransportError as e:
-            raise _Retryable(f"connection error: {type(e).__name__}: {e}") from None
+            raise _Retryable(self._mask(f"connection error: {type(e).__name__}: {e}")) from None
         if resp.status_code == 429 or resp.status_code >= 500:
             raise _Retryable(f"HTTP {resp.status_code}: {self._message(resp)}", _retry_after(resp))
         if resp.status_code >= 400:
@@ -172,15 +188,27 @@ class OpenAIBackend:
         return data
 
     def _message(self, resp: Any) -> str:
+        """A short reason for a failed response: the server's error message (cut), else the HTTP reason phrase;
+        never the raw body."""
         try:
             err = resp.json().get("error")
             msg = err.get("message") if isinstance(err, dict) else err
         except (ValueError, AttributeError):
             msg = None
-        return self._mask(str(msg or resp.text[:300] or resp.reason_phrase))
+        reason = " ".join(str(msg).split()) if isinstance(msg, str) and msg.strip() else resp.reason_phrase
+        reason = self._mask(reason or "")
+        return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + "..."
 
     def _mask(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        return mask_secret(text, self._key)
+
+
+def _plain_http_elsewhere(url: str) -> bool:
+    """Whether `url` is plain http to a host other than this machine."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
 
 def _retry_after(resp: Any) -> float | None:

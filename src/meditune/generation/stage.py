@@ -33,6 +33,8 @@ class GenerateStageConfig(StageConfig):
     batch_size: int = Field(16, ge=1, description="most requests batched together")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend openai)")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
+    allow_insecure_http: bool = Field(False, description="send the key over plain http to a non-loopback "
+                                      "host (see BackendConfig)")
     max_concurrency: int = Field(8, ge=1, description="requests in flight (backend openai)")
     max_retries: int = Field(5, ge=0, description="retries of a failed request (backend openai)")
     timeout_s: float = Field(120.0, gt=0, description="seconds per request (backend openai)")

@@ -15,7 +15,7 @@ until at most a quarter of the rows still run, so the row count (and its packing
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +94,28 @@ class TransformersBackend:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
         """All n samples of every request, in request order."""
+        steps = self.generate_steps(requests)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def step_context(self) -> Any:
+        """The context a thread that interleaves several `generate_steps` must hold around all of them: each
+        batch enters inference mode for its own steps, and those thread-local modes must not unwind each other."""
+        import torch
+
+        return torch.inference_mode()
+
+    def generate_steps(self, requests: Sequence[GenerationRequest],
+                       cancelled: Callable[[int], bool] | None = None) -> Generator[list[tuple[int, list[Generation]]],
+                                                                                  None, list[list[Generation]]]:
+        """`generate`, one decoding step at a time (for a server that shares the model between requests).
+
+        Yields after every step the requests completed by it, as (request position, its generations), and
+        returns all generations. Rows of a request for which `cancelled(position)` turns true stop at the next
+        step (finish_reason "cancelled"). The tokens are those of `generate`: stepping changes nothing."""
         for req in requests:
             check_request(req)
         rows: list[_Row] = []
@@ -108,13 +130,22 @@ class TransformersBackend:
                     results[ri][k] = Generation(req.id, k, "", len(ids), 0, "error")
                     continue
                 rows.append(_Row(ri, k, ids, req.params, min(req.params.max_new_tokens, room)))
+        left = [sum(g is None for g in gens) for gens in results]  # rows still to finish, per request
+        done_now = [(i, list(gens)) for i, gens in enumerate(results) if left[i] == 0]
+        if done_now:
+            yield done_now  # type: ignore[misc]
         # Longest prompts first: padding stays small and an out-of-memory shows up in the first batch.
         rows.sort(key=lambda r: (-len(r.prompt), r.req, r.index))
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
-            self._run_batch(batch)
-            for r in batch:
-                results[r.req][r.index] = self._finish(requests[r.req], r)
+            for finished in self._batch_steps(batch, cancelled):
+                done_now = []
+                for r in finished:
+                    results[r.req][r.index] = self._finish(requests[r.req], r)
+                    left[r.req] -= 1
+                    if left[r.req] == 0:
+                        done_now.append((r.req, list(results[r.req])))
+                yield done_now  # type: ignore[misc]
         return [list(gens) for gens in results]  # type: ignore[arg-type]
 
     def _finish(self, req: GenerationRequest, row: _Row) -> Generation:
@@ -123,7 +154,7 @@ class TransformersBackend:
             out = out[:-1]
         text = self.tokenizer.decode(out, skip_special_tokens=True)
         text, hit = truncate_at_stop(text, row.params.stop)
-        reason = "stop" if hit or row.finish == "stop" else "length"
+        reason = "cancelled" if row.finish == "cancelled" else "stop" if hit or row.finish == "stop" else "length"
         return Generation(req.id, row.index, text, len(row.prompt), len(row.out), reason)
 
     def _stop_hit(self, row: _Row) -> bool:
@@ -161,7 +192,8 @@ class TransformersBackend:
         cache.batch_select_indices(expand)
         return logits[expand]
 
-    def _run_batch(self, batch: list[_Row]) -> None:
+    def _batch_steps(self, batch: list[_Row], cancelled: Callable[[int], bool] | None) -> Iterator[list[_Row]]:
+        """Decode a batch, yielding after every step the rows it finished."""
         import torch
 
         dev = self.model.device
@@ -181,7 +213,16 @@ class TransformersBackend:
             logits = self._prefill(batch, ids, mask, pos, cache)
             last_pos = pos[:, -1]
             while True:
+                finished = []
+                if cancelled is not None:  # a client went away: its rows stop here
+                    for i in live:
+                        if batch[i].finish is None and cancelled(batch[i].req):
+                            batch[i].finish = "cancelled"
+                            finished.append(batch[i])
                 running = [j for j, i in enumerate(live) if batch[i].finish is None]
+                if not running:
+                    yield finished
+                    break
                 rows = [batch[live[j]] for j in running]
                 step_logits = logits if len(running) == len(live) else logits[torch.tensor(running, device=dev)]
                 nxt = sample_next(step_logits, [r.params.temperature for r in rows],
@@ -194,9 +235,12 @@ class TransformersBackend:
                         r.finish = "stop"
                     elif len(r.out) >= r.max_new:
                         r.finish = "length"
+                    if r.finish is not None:
+                        finished.append(r)
                 self.tokens_generated += len(rows)
                 keep = [j for j, i in enumerate(live) if batch[i].finish is None]
                 if not keep:
+                    yield finished
                     break
                 if len(keep) <= len(live) // 4:  # few rows left: drop the finished ones from batch and cache
                     sel = torch.tensor(keep, device=dev)
@@ -210,3 +254,4 @@ class TransformersBackend:
                 last_pos = last_pos + torch.tensor([batch[i].finish is None for i in live], device=dev)
                 logits = self._forward(input_ids=torch.tensor(feed, device=dev)[:, None], attention_mask=mask,
                                        position_ids=last_pos[:, None], past_key_values=cache)
+                yield finished

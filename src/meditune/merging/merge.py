@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from meditune.errors import ConfigError
-from meditune.io import hash_obj, read_json, write_json, write_text
+from meditune.errors import ConfigError, MeditunError
+from meditune.io import hash_obj, read_json, remove_tree, write_json, write_text
 from meditune.merging.config import MergeSpec, evaluate
 from meditune.merging.io import SafetensorsModel, ShardedWriter, TensorInfo, parse_size
 from meditune.merging.lora import LoraModel, merge_with_peft, tensorwise_supported
@@ -141,7 +141,21 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: 
     _check_params(method, spec)
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
+    resuming = partial.is_dir()
     partial.mkdir(parents=True, exist_ok=True)
+    try:
+        return _merge_into(spec, method, out_dir, partial, seed=seed, progress=progress)
+    except BaseException as e:
+        # a bad input leaves nothing behind; a crash keeps finished shards only when there are some to resume
+        bad_input = isinstance(e, MeditunError)
+        if partial.is_dir() and ((bad_input and not resuming) or not any(partial.glob("model*.safetensors"))):
+            remove_tree(partial, inside=partial.parent)
+        raise
+
+
+def _merge_into(spec: MergeSpec, method: Method, out_dir: Path, partial: Path, *, seed: int,
+                progress: bool) -> dict[str, Any]:
+    """run_merge's work, writing into `partial` and renaming it to `out_dir` when done."""
     t0 = time.perf_counter()
 
     # Inputs: the listed models, plus the base first when the method needs one and it is not listed.
@@ -249,10 +263,10 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, *, seed: int = 0, progress: 
                "seconds": round(time.perf_counter() - t0, 3), "seed": spec.seed if spec.seed is not None else seed}
     write_json(partial / "meditune_merge.json", {**summary, "config": spec.model_dump(mode="json")})
     for f in partial.glob("peft-merged-*"):
-        shutil.rmtree(f, ignore_errors=True)
+        remove_tree(f, inside=partial)
     state_file.unlink()
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        remove_tree(out_dir, inside=out_dir.parent)  # --force: never "." or "/"
     partial.rename(out_dir)
     return summary
 

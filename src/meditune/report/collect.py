@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meditune.errors import InputError
 from meditune.io import iter_jsonl, read_json
 from meditune.stats import paired_bootstrap
 
@@ -165,10 +166,21 @@ def _to_float(v: Any) -> float | None:
 
 
 def load_stages(run_dir: Path, order: list[str] | None = None) -> list[StageInfo]:
-    """Every stage directory with a manifest, in recipe order when given, else by start time."""
+    """Every stage directory with a manifest, in recipe order when given, else by start time.
+
+    A finished stage whose manifest lists an output that is not on disk is an error (the report would
+    otherwise silently leave out that stage's section)."""
+    from meditune.pipeline import manifest_outputs
+
     infos = []
     for mpath in run_dir.glob("*/manifest.json"):
         m = read_json(mpath)
+        m["outputs"] = manifest_outputs(m, run_dir)
+        if m.get("status") == "done":
+            for key, value in m["outputs"].items():
+                if _looks_like_path(value) and not Path(value).exists():
+                    raise InputError(f"output {key!r} of stage {m.get('stage', mpath.parent.name)!r} is missing: "
+                                     f"{value} (moved or deleted? re-run the stage)", file=mpath)
         info = StageInfo(m.get("stage", mpath.parent.name), m.get("type", "?"), mpath.parent, m)
         res_path = info.outputs.get("results")
         if res_path and Path(res_path).is_file() and res_path.endswith(".json"):
@@ -184,6 +196,10 @@ def load_stages(run_dir: Path, order: list[str] | None = None) -> list[StageInfo
     else:
         infos.sort(key=lambda s: s.manifest.get("started") or "")
     return infos
+
+
+def _looks_like_path(value: Any) -> bool:
+    return isinstance(value, str) and ("/" in value or "\\" in value or Path(value).suffix != "")
 
 
 def load_json_output(stage: StageInfo, key: str) -> Any:

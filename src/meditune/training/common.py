@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from meditune.errors import ConfigError
+from meditune.io import remove_tree
 from meditune.stages import RECIPE_DEFAULTS, StageConfig, apply_recipe_defaults
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def base_model_dir(spec: str, stage_dir: Path, trust_remote_code: bool = False) 
         try:
             os.replace(tmp, out)
         except OSError:  # another process finished the same merge first
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp, inside=stage_dir)
     return str(out), str(out)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from meditune.chat import render_chat, with_system
+from meditune.data.checks import FileChecks
 from meditune.errors import ConfigError, InputError
 from meditune.io import iter_jsonl
 from meditune.records import (
@@ -26,6 +27,7 @@ def load_records(data: str, kinds: tuple[type[Record], ...]) -> list[Record]:
     if path.is_file():
         out: list[Record] = []
         seen: dict[str, int] = {}
+        checks = FileChecks(path)
         for line, obj in iter_jsonl(path):
             if not isinstance(obj, dict):
                 raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=line)
@@ -36,7 +38,9 @@ def load_records(data: str, kinds: tuple[type[Record], ...]) -> list[Record]:
                 raise InputError(f"duplicate id {rid!r} (first on line {seen[rid]})", file=path, line=line,
                                  field="id")
             seen[rid] = line
+            checks.check(rec, line)
             out.append(rec)
+        checks.finish()
         if not out:
             raise InputError("no records", file=path)
         return out

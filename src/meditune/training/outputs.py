@@ -6,11 +6,10 @@ import csv
 import io
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from meditune.io import write_json, write_text
+from meditune.io import remove_tree, write_json, write_text
 from meditune.versions import package_versions
 
 log = logging.getLogger(__name__)
@@ -93,22 +92,22 @@ def save_model(model: Any, tokenizer: Any, out_dir: Path, *, base_spec: str, lor
     outs: dict[str, str] = {}
     target = out_dir / "model"
     tmp = out_dir / "model.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp, inside=out_dir)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if lora:
         write_json(tmp / "meditune_base.json", {"base": base_spec})
-    shutil.rmtree(target, ignore_errors=True)
+    remove_tree(target, inside=out_dir)
     os.replace(tmp, target)  # a killed save never leaves a half-written model behind
     outs["model"] = str(target)
     if lora and save_merged:
         merged_dir = out_dir / "merged"
         tmp = out_dir / "merged.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, inside=out_dir)
         merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(merged_dir, ignore_errors=True)
+        remove_tree(merged_dir, inside=out_dir)
         os.replace(tmp, merged_dir)
         outs["merged"] = str(merged_dir)
     return outs
