@@ -24,7 +24,7 @@ CLI_ERRORS = [
     # usage errors (raised by the click that typer bundles)
     (["eval", "mcqa", "sample:mcq", "--bogus"], "No such option: --bogus"),
     (["bogus"], "No such command 'bogus'"),
-    (["eval", "mcqa"], "Missing argument 'data'"),
+    (["eval", "mcqa"], "Missing argument 'DATA'"),
     (["eval", "mcqa", "sample:mcq", "--limit", "abc"], "Invalid value for '--limit'"),
     (["data", "convert", "sample:mcq"], "Missing option '--to'"),
     (["train", "sft", "--out", "{tmp}/o", "--data"], "requires an argument"),

@@ -72,11 +72,12 @@ def test_shard_dir_gives_each_writer_its_own_file(tmp_path):
 
 
 WRITER = """
-import sys
+import sys, time
 from meditune.shards import Shard
 shard = Shard(sys.argv[1])
 for i in range(int(sys.argv[2])):
     if str(i) not in shard.done:
+        time.sleep(0.01)  # a kill at 0.15-0.6 s lands mid-run whatever the machine's speed
         shard.add([{"id": str(i), "payload": "x" * (20000 + 997 * i)}])
 """
 

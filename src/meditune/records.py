@@ -12,9 +12,11 @@ TextItem     a raw text for continued pre-training (corpus files)
 
 from __future__ import annotations
 
+import logging
 import os
 import string
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from meditune.errors import InputError
 from meditune.io import iter_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
 
 LETTERS = string.ascii_uppercase
 
@@ -259,7 +263,6 @@ def detect_kind_at(obj: Any, *, file: object = None, line: int | str | None = No
 def read_records(path: str | os.PathLike, kind: type[Record] | None = None) -> list[Record]:
     """Read a JSONL file of records (type detected from the first line when not given); checks every line
     and rejects duplicate ids."""
-    from meditune.data.checks import FileChecks  # data imports records: import when called
 
     out: list[Record] = []
     seen: dict[str, int] = {}
@@ -305,3 +308,41 @@ def detect_kind(obj: dict[str, Any]) -> type[Record]:
     if "text" in keys:
         return TextItem
     raise InputError(f"cannot tell the record type from fields {sorted(keys)}")
+
+
+# Checks beyond the schema (see meditune.data.checks): where FileChecks.finish puts its warnings instead of logging them (set by validate_source, which reads a
+# source several times and reports the warnings of the last read only).
+CHECK_WARNINGS: ContextVar[list[str] | None] = ContextVar("meditune_check_warnings", default=None)
+
+
+class FileChecks:
+    """The checks of the records of one file, fed one record at a time; `finish()` reports per-file findings."""
+
+    def __init__(self, where: Any, hint: str = ""):
+        self.where, self.hint = where, hint
+        self.duplicate_options = 0
+        self.first_duplicate: int | str | None = None
+
+    def check(self, rec: Record, line: int | str) -> None:
+        """Raise for a record that cannot be right; count the doubtful ones."""
+        if isinstance(rec, Preference) and rec.chosen.strip() == rec.rejected.strip():
+            raise InputError(f"chosen and rejected are the same text (a pair must differ){self.hint}",
+                             file=self.where, line=line, field="rejected")
+        if isinstance(rec, MCQItem):
+            texts = [" ".join(o.split()).casefold() for o in rec.options]
+            if len(set(texts)) < len(texts):
+                self.duplicate_options += 1
+                if self.first_duplicate is None:
+                    self.first_duplicate = line
+
+    def finish(self) -> None:
+        """Warn once for the file about the doubtful records seen."""
+        if self.duplicate_options:
+            at = f"line {self.first_duplicate}" if isinstance(self.first_duplicate, int) else self.first_duplicate
+            msg = (f"{self.where}: {self.duplicate_options} item(s) have two options with the same text (first at "
+                   f"{at}); such items are ambiguous")
+            sink = CHECK_WARNINGS.get()
+            if sink is None:
+                log.warning("%s", msg)
+            else:
+                sink.append(msg)

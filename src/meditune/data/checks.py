@@ -1,5 +1,5 @@
-"""Checks every loaded record goes through (in `load_source`), beyond what the record schema enforces:
-problems a schema cannot see because they are about meaning, not shape.
+"""Checks of a whole source beyond what the record schema enforces (the per-record ones are
+meditune.records.FileChecks, run by every loader):
 
 - an MCQ item whose options repeat a text (two identical answers: the item is ambiguous): a warning, once per
   file, with the count and the first line;
@@ -9,60 +9,12 @@ problems a schema cannot see because they are about meaning, not shape.
 
 from __future__ import annotations
 
-import logging
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meditune.errors import InputError
-from meditune.records import MCQItem, Preference, Record
-
-log = logging.getLogger(__name__)
-# Where FileChecks.finish puts its warnings instead of logging them (set by validate_source, which reads a
-# source several times and reports the warnings of the last read only).
-_WARNINGS: ContextVar[list[str] | None] = ContextVar("meditune_check_warnings", default=None)
-
-
-class FileChecks:
-    """The checks of the records of one file, fed one record at a time; `finish()` reports per-file findings."""
-
-    def __init__(self, where: Any, hint: str = ""):
-        self.where, self.hint = where, hint
-        self.duplicate_options = 0
-        self.first_duplicate: int | str | None = None
-
-    def check(self, rec: Record, line: int | str) -> None:
-        """Raise for a record that cannot be right; count the doubtful ones."""
-        if isinstance(rec, Preference) and rec.chosen.strip() == rec.rejected.strip():
-            raise InputError(f"chosen and rejected are the same text (a pair must differ){self.hint}",
-                             file=self.where, line=line, field="rejected")
-        if isinstance(rec, MCQItem):
-            texts = [" ".join(o.split()).casefold() for o in rec.options]
-            if len(set(texts)) < len(texts):
-                self.duplicate_options += 1
-                if self.first_duplicate is None:
-                    self.first_duplicate = line
-
-    def finish(self) -> None:
-        """Warn once for the file about the doubtful records seen."""
-        if self.duplicate_options:
-            at = f"line {self.first_duplicate}" if isinstance(self.first_duplicate, int) else self.first_duplicate
-            msg = (f"{self.where}: {self.duplicate_options} item(s) have two options with the same text (first at "
-                   f"{at}); such items are ambiguous")
-            sink = _WARNINGS.get()
-            if sink is None:
-                log.warning("%s", msg)
-            else:
-                sink.append(msg)
-
-
-def require_items(records: list[Record], spec: Any, n_files: int) -> None:
-    """An InputError when a source gave no records (an empty file, or a filter that kept nothing)."""
-    if not records:
-        what = ("the file is empty or every row was skipped" if n_files <= 1
-                else f"none of its {n_files} files has one")
-        raise InputError(f"no items ({what})", file=spec)
+from meditune.records import CHECK_WARNINGS, Record
 
 
 @dataclass
@@ -88,7 +40,7 @@ def validate_source(spec: Any, cap: int = 50, **options: Any) -> Validation:
     found = Validation(None)
     while True:
         sink: list[str] = []
-        token = _WARNINGS.set(sink)
+        token = CHECK_WARNINGS.set(sink)
         try:
             with masked_lines(masked):
                 found.records = load_source(spec, **options)
@@ -108,4 +60,4 @@ def validate_source(spec: Any, cap: int = 50, **options: Any) -> Validation:
                 return found
             masked.setdefault(path, set()).add(e.line)
         finally:
-            _WARNINGS.reset(token)
+            CHECK_WARNINGS.reset(token)

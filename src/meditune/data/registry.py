@@ -22,10 +22,9 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from meditune.data.checks import FileChecks, require_items
 from meditune.data.common import Src
 from meditune.errors import ConfigError, InputError
-from meditune.records import Record
+from meditune.records import FileChecks, Record
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,14 @@ LOADER_MODULES = [
     "meditune.data.dialogue", "meditune.data.ner", "meditune.data.generic", "meditune.data.hub",
     "meditune.data.sample", "meditune.data.misc",
 ]
+
+
+def require_items(records: list[Record], spec: Any, n_files: int) -> None:
+    """An InputError when a source gave no records (an empty file, or a filter that kept nothing)."""
+    if not records:
+        what = ("the file is empty or every row was skipped" if n_files <= 1
+                else f"none of its {n_files} files has one")
+        raise InputError(f"no items ({what})", file=spec)
 
 
 @dataclass

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from meditune.chat import render_chat, with_system
-from meditune.data.checks import FileChecks
 from meditune.errors import ConfigError, InputError
 from meditune.io import iter_jsonl
 from meditune.records import (
     Chat,
+    FileChecks,
     LongFormItem,
     Preference,
     Record,
