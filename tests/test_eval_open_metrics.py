@@ -17,7 +17,7 @@ from meditune.evaluation.pairwise import (
     online_elo,
     parse_pairwise_verdict,
 )
-from meditune.evaluation.safety import keyword_refusal, parse_refusal
+from meditune.scoring.refusal import keyword_refusal, parse_refusal
 
 # ------------------------------------------------------------------------------------------ tokenisation
 

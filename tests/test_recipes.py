@@ -93,18 +93,23 @@ def test_default_run_is_the_quickstart():
     assert bundled_recipe("quickstart").name == "quickstart.yaml"
     q = load_recipe(bundled_recipe("quickstart"))
     types = [s.type for s in q.stages]
-    assert types.index("eval_mcqa") < types.index("prefs") < types.index("dpo") < len(types) - 2
-    before, after = [s for s in q.stages if s.type == "eval_mcqa"]
-    # the before/after comparison is only meaningful on the same items with the same protocol
-    same = ("data", "task", "template", "choices", "chat_template", "shots", "limit")
-    assert {k: getattr(before, k) for k in same} == {k: getattr(after, k) for k in same}
-    assert after.model == "@dpo" and before.model is None
+    assert types.index("eval_safety") < types.index("prefs") < types.index("dpo") < len(types) - 2
+    # the before/after comparisons are only meaningful on the same items with the same protocol
+    for kind, same in (("eval_mcqa", ("data", "task", "template", "choices", "chat_template", "shots", "limit")),
+                       ("eval_safety", ("data", "benign", "max_new_tokens", "temperature", "classifier", "limit"))):
+        before, after = [s for s in q.stages if s.type == kind]
+        assert {k: getattr(before, k) for k in same} == {k: getattr(after, k) for k in same}
+        assert after.model == "@dpo" and before.model is None
     assert q.stage("dpo").method == "lora"
+    # pairs come from the train half, evaluation from the test half of the same sample files
+    assert q.stage("prefs").questions == "@safety_train" and q.stage("safety_before").data == "@safety_test"
+    assert (q.stage("safety_train").split, q.stage("safety_test").split) == ("train", "test")
+    assert q.stage("safety_train").source == q.stage("safety_test").source
 
 
 def test_overrides_reach_stages_and_typos_are_named():
-    r = load_recipe(bundled_recipe("quickstart"), ["questions.limit=5", "dpo.beta=0.3", "model=some/model"])
-    assert r.stage("questions").limit == 5 and r.stage("dpo").beta == 0.3 and r.model == "some/model"
+    r = load_recipe(bundled_recipe("quickstart"), ["safety_train.limit=5", "dpo.beta=0.3", "model=some/model"])
+    assert r.stage("safety_train").limit == 5 and r.stage("dpo").beta == 0.3 and r.model == "some/model"
     with pytest.raises(ConfigError, match="did you mean 'beta'"):
         load_recipe(bundled_recipe("quickstart"), ["dpo.betaa=0.3"])
 
@@ -157,18 +162,26 @@ def read_results(path: str) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("name", ["quickstart"])
-def test_quickstart_runs_tiny(name, tiny_model_dir, tmp_path, caplog):
-    require_stage_types(name)
-    ov = (["mcq.limit=6", "questions.limit=4"] + stage_sets("eval_before", MCQ_EVAL)
-          + stage_sets("eval_after", MCQ_EVAL) + tiny_prefs("prefs", tiny_model_dir)
-          + stage_sets("dpo", TRAIN))
-    recipe = tiny_recipe(name, tiny_model_dir, ov)
+QUICKSTART_TINY = (["mcq.limit=6", "safety_train.sample=8", "safety_test.sample=6"]
+                   + stage_sets("mcq_before", MCQ_EVAL) + stage_sets("mcq_after", MCQ_EVAL)
+                   + stage_sets("safety_before", ["max_new_tokens=8"]) + stage_sets("safety_after", ["max_new_tokens=8"])
+                   + stage_sets("prefs", ["generators.1.max_new_tokens=8", "generators.2.max_new_tokens=8"])
+                   + stage_sets("dpo", TRAIN))
+
+
+def test_quickstart_runs_tiny(tiny_model_dir, tmp_path, caplog):
+    require_stage_types("quickstart")
+    recipe = tiny_recipe("quickstart", tiny_model_dir, QUICKSTART_TINY)
     out = run_twice(recipe, tmp_path / "run", caplog)
-    before, after = read_results(out["eval_before"]["results"]), read_results(out["eval_after"]["results"])
+    before, after = read_results(out["mcq_before"]["results"]), read_results(out["mcq_after"]["results"])
     assert before["meditune"]["n"] == after["meditune"]["n"] == 6
     html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
-    assert "eval_before → eval_after" in html  # the paired before/after table
+    assert "safety_before → safety_after" in html and "mcq_before → mcq_after" in html  # paired tables
+    # the lead story: the three numbers before and after, each with its paired CI
+    story = html.split("<h2>What changed</h2>", 1)[1].split("<h2>", 1)[0]
+    for label in ("harmful requests complied with", "benign medical questions refused", "MCQ accuracy"):
+        row = story.split(label, 1)[1].split("</tr>", 1)[0]
+        assert row.count("class='num'") == 4 and "[" in row, label
     assert Path(out["dpo"]["model"]).is_dir()
 
 
@@ -219,16 +232,18 @@ def test_chimed_runs_tiny(tiny_model_dir, tmp_path, caplog):
 def test_aloe_runs_tiny(tiny_model_dir, tmp_path, caplog):
     require_stage_types("aloe")
     medprompt = "{k: 2, runs: 2, max_new_tokens: 8, bank_size: 3, max_retries: 0}"
-    ov = (["mcq.limit=10", "mcq.eval_size=3", "chats.limit=6", "general.limit=4", "questions.limit=3"]
+    ov = (["mcq.limit=10", "mcq.eval_size=3", "chats.limit=6", "general.limit=4", "questions.limit=3",
+           "safety_train.sample=4", "safety_test.sample=3"]
           # gibberish never reaches the gold letter: score the tiny run's CoT samples with a reward head
           + stage_sets("cot_sft", TRAIN + ["k=2", "max_new_tokens=8", "gen_batch_size=8", "min_score=null",
                                            f"scorer={reward_scorer(tiny_model_dir)}"])
           + stage_sets("chat_sft", TRAIN) + tiny_prefs("general_prefs", tiny_model_dir, 3)
+          + stage_sets("safety_prefs", ["generators.1.max_new_tokens=8", "generators.2.max_new_tokens=8"])
           + stage_sets("dpo", TRAIN)
           + [o for s in ("medprompt_base", "medprompt_merge", "medprompt_final")
              for o in stage_sets(s, [f"strategy_options={medprompt}"])]
           + [o for s in ("safety_base", "safety_final")
-             for o in stage_sets(s, ["limit=2", "benign_limit=2", "max_new_tokens=8"])])
+             for o in stage_sets(s, ["max_new_tokens=8"])])
     out = run_twice(tiny_recipe("aloe", tiny_model_dir, ov), tmp_path / "run", caplog)
     merge_manifest = json.loads((tmp_path / "run" / "merge" / "manifest.json").read_text())
     assert merge_manifest["config"]["merge_method"] == "dare_ties"

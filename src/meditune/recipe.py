@@ -207,8 +207,8 @@ def parse_value(text: str) -> Any:
 
 def set_key(data: dict[str, Any], key: str, value: Any, *, where: str = "--set") -> None:
     """Set a dotted key (`pairing.margin`) in a nested mapping, creating mappings on the way; a stage of a recipe
-    is addressed by its name (`dpo.beta` or `stages.dpo.beta`); a top-level key may be written with dashes
-    (`max-new-tokens`, as its flag)."""
+    is addressed by its name (`dpo.beta` or `stages.dpo.beta`), an entry of a list by its index
+    (`prefs.generators.1.temperature`); a top-level key may be written with dashes (`max-new-tokens`, as its flag)."""
     parts = key.strip().split(".")
     if parts[0] == "stages" and len(parts) > 1:
         parts = parts[1:]
@@ -218,12 +218,24 @@ def set_key(data: dict[str, Any], key: str, value: Any, *, where: str = "--set")
         target = stage_names[parts[0]]
         parts = parts[1:]
     for p in parts[:-1]:
+        if isinstance(target, list):
+            target = target[_list_index(target, p, key, where)]
+            continue
         if not isinstance(target, dict):
             raise ConfigError(f"{where} {key}: {p!r} is not a mapping")
         target = target.setdefault(p, {})
+    if isinstance(target, list):
+        target[_list_index(target, parts[-1], key, where)] = value
+        return
     if not isinstance(target, dict):
         raise ConfigError(f"{where} {key}: {parts[-2]!r} is not a mapping")
     target[parts[-1].replace("-", "_") if len(parts) == 1 and target is data else parts[-1]] = value
+
+
+def _list_index(items: list[Any], part: str, key: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"{where} {key}: {part!r} is not an index of a list of {len(items)} entries")
+    return int(part)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], *, flag: str = "--set") -> dict[str, Any]:

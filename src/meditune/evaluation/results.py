@@ -143,25 +143,42 @@ def load_samples(results_path: str | Path) -> list[dict[str, Any]]:
     return samples
 
 
+def paired_metric_diffs(samples_a: Sequence[dict[str, Any]], samples_b: Sequence[dict[str, Any]],
+                        metrics: Sequence[str] | None = None, *, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """B minus A per metric, over the items that have the metric in both runs (a safety run's harmful and benign
+    items carry different metrics): means, the paired-bootstrap difference, its 95% CI and p-value, and n."""
+    ia = {str(s.get("id", s.get("doc_id"))): s.get("metrics") or {} for s in samples_a}
+    ib = {str(s.get("id", s.get("doc_id"))): s.get("metrics") or {} for s in samples_b}
+    common = [i for i in ia if i in ib]
+    names = list(metrics) if metrics is not None else list(dict.fromkeys(m for i in common for m in ia[i]))
+    rows = {}
+    for m in names:
+        pairs = [(ia[i][m], ib[i][m]) for i in common if _is_num(ia[i].get(m)) and _is_num(ib[i].get(m))]
+        if not pairs:
+            continue
+        a, b = [float(x) for x, _ in pairs], [float(y) for _, y in pairs]
+        rows[m] = {"a": sum(a) / len(a), "b": sum(b) / len(b), **paired_bootstrap(a, b, seed=seed)}
+    return rows
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def compare(a_path: str | Path, b_path: str | Path, metric: str | None = None, *, seed: int = 0) -> dict[str, Any]:
     """B minus A on the items both evaluated: per metric the paired-bootstrap difference, CI and p-value."""
     sa, sb = load_samples(a_path), load_samples(b_path)
-    ia, ib = {s["id"]: s for s in sa}, {s["id"]: s for s in sb}
-    common = [i for i in ia if i in ib]
+    ia, ib = {s["id"] for s in sa}, {s["id"] for s in sb}
+    common = ia & ib
     if not common:
         raise InputError(f"no item ids in common between {a_path} and {b_path}", file=b_path)
-    names = [m for m in (sa[0]["metrics"] if sa else {}) if all(m in ib[i]["metrics"] for i in common)]
+    rows = paired_metric_diffs(sa, sb, seed=seed)
     if metric:
-        if metric not in names:
-            raise InputError(f"metric {metric!r} not in both runs; shared metrics: {names}", file=b_path,
+        if metric not in rows:
+            raise InputError(f"metric {metric!r} not in both runs; shared metrics: {list(rows)}", file=b_path,
                              field="metrics")
-        names = [metric]
-    rows = {}
-    for m in names:
-        a = [float(ia[i]["metrics"][m]) for i in common]
-        b = [float(ib[i]["metrics"][m]) for i in common]
-        rows[m] = {"a": sum(a) / len(a), "b": sum(b) / len(b),
-                   **paired_bootstrap(a, b, seed=seed)}
-    return {"a": str(a_path), "b": str(b_path), "n_common": len(common), "only_a": len(ia) - len(common),
-            "only_b": len(ib) - len(common), "metrics": rows,
-            "method": "paired percentile bootstrap over common items, 95% CI, diff = b - a"}
+        rows = {metric: rows[metric]}
+    return {"a": str(a_path), "b": str(b_path), "n_common": len(common), "only_a": len(ia - common),
+            "only_b": len(ib - common), "metrics": rows,
+            "method": "paired percentile bootstrap over the common items that have the metric, 95% CI, "
+                      "diff = b - a"}

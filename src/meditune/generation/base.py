@@ -28,15 +28,22 @@ class SamplingParams:
 
 @dataclass
 class GenerationRequest:
-    """A chat (list of {role, content}) or, when `prompt` is set, a raw text prompt (no chat template)."""
+    """A chat (list of {role, content}) or, when `prompt` is set, a raw text prompt (no chat template).
+
+    `prefill` (chat requests, local backends) is the start of the assistant's answer: the model continues it and
+    every Generation's text begins with it (e.g. the opening of a refusal, to collect the model's own wording)."""
 
     id: str
     messages: list[dict[str, str]] = field(default_factory=list)
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
+    prefill: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict()}
+        d = {"id": self.id, "messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict()}
+        if self.prefill:  # only when set, so cache keys of requests without one stay what they were
+            d["prefill"] = self.prefill
+        return d
 
 
 @dataclass
@@ -83,7 +90,7 @@ class ScriptedBackend:
             for i in range(req.params.n):
                 text = self.respond(req, i)
                 prompt_text = req.prompt or " ".join(m["content"] for m in req.messages)
-                gens.append(Generation(req.id, i, text, len(prompt_text.split()), len(text.split())))
+                gens.append(Generation(req.id, i, req.prefill + text, len(prompt_text.split()), len(text.split())))
             out.append(gens)
         return out
 

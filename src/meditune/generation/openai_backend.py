@@ -96,6 +96,9 @@ class OpenAIBackend:
                                 "seed": p.seed if seed is None else seed}
         if p.stop:
             body["stop"] = list(p.stop)
+        if req.prefill:
+            raise ConfigError(f"request {req.id!r}: a prefilled answer needs a local backend (transformers or vllm); "
+                              "chat-completion APIs do not continue an assistant turn")
         if req.prompt is not None:
             body["prompt"] = req.prompt
         else:

@@ -43,6 +43,8 @@ def check_request(req: GenerationRequest) -> None:
         for i, m in enumerate(req.messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise ConfigError(f"{where}: messages[{i}] must be {{'role': str, 'content': str}}")
+    elif req.prefill:
+        raise ConfigError(f"{where}: prefill continues a chat answer; a raw prompt can simply end with it")
     check_params(req.params, where)
 
 

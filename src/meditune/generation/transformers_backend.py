@@ -85,7 +85,7 @@ class TransformersBackend:
         """The exact text fed to the model: the raw prompt, or the chat rendered with our system-prompt policy."""
         if req.prompt is not None:
             return req.prompt
-        return render_chat(self.tokenizer, req.messages, system_prompt=self.cfg.system_prompt)
+        return render_chat(self.tokenizer, req.messages, system_prompt=self.cfg.system_prompt) + req.prefill
 
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
         """Token ids of the prompt (raw prompts get the tokenizer's special tokens, templates bring their own)."""
@@ -155,7 +155,7 @@ class TransformersBackend:
         text = self.tokenizer.decode(out, skip_special_tokens=True)
         text, hit = truncate_at_stop(text, row.params.stop)
         reason = "cancelled" if row.finish == "cancelled" else "stop" if hit or row.finish == "stop" else "length"
-        return Generation(req.id, row.index, text, len(row.prompt), len(row.out), reason)
+        return Generation(req.id, row.index, req.prefill + text, len(row.prompt), len(row.out), reason)
 
     def _stop_hit(self, row: _Row) -> bool:
         # Decode only the tail: enough tokens to contain the longest stop string.

@@ -59,7 +59,7 @@ class VLLMBackend:
         """The exact prompt text (raw prompt, or the chat rendered with our system-prompt policy)."""
         if req.prompt is not None:
             return req.prompt
-        return render_chat(self.tokenizer, req.messages, system_prompt=self.cfg.system_prompt)
+        return render_chat(self.tokenizer, req.messages, system_prompt=self.cfg.system_prompt) + req.prefill
 
     def sampling_params(self, req: GenerationRequest) -> Any:
         """vLLM SamplingParams for a request."""
@@ -84,6 +84,6 @@ class VLLMBackend:
             for c in sorted(out.outputs, key=lambda c: c.index):
                 text, hit = truncate_at_stop(c.text, req.params.stop)
                 reason = "length" if c.finish_reason == "length" and not hit else "stop"
-                gens.append(Generation(req.id, c.index, text, n_prompt, len(c.token_ids), reason))
+                gens.append(Generation(req.id, c.index, req.prefill + text, n_prompt, len(c.token_ids), reason))
             results.append(gens)
         return results

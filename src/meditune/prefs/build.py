@@ -17,7 +17,7 @@ from meditune.prefs.datacard import histogram, license_of, mean_ci, render_markd
 from meditune.prefs.pairing import Candidate, PairingConfig, pair_all
 from meditune.prefs.questions import Question, load_questions, question_text, references
 from meditune.prefs.translate import TranslationConfig, translate_pairs
-from meditune.records import MCQItem, Message, Preference
+from meditune.records import MCQItem, Message, Preference, SafetyItem
 from meditune.scoring.base import Score, ScoreInput, Scorer
 from meditune.scoring.dahl import dahl_model_score
 from meditune.scoring.registry import (
@@ -70,7 +70,8 @@ def score_input(item: Question, answer: dict[str, Any]) -> ScoreInput:
     return ScoreInput(id=answer["id"], question=question_text(item), answer=answer["text"],
                       references=references(item), options=item.options if isinstance(item, MCQItem) else None,
                       gold=item.answer if isinstance(item, MCQItem) else None,
-                      finish_reason=answer.get("finish_reason", "stop"))
+                      finish_reason=answer.get("finish_reason", "stop"),
+                      meta={"harmful": item.harmful} if isinstance(item, SafetyItem) else {})
 
 
 def score_answers(items_by_id: dict[str, Question], answers: list[dict[str, Any]], scorer: Scorer, path: Path,

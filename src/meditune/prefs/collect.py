@@ -1,5 +1,9 @@
 """Collection: N generators (any backend, any mix) answer every question with the DAHL instruction; resumable.
 
+A generator is a model behind a backend (with its own system prompt, sampling and optionally a prefilled opening
+of its answer, which the model continues), or `backend: reference`: the answer shipped with the question (a
+safety item's safe response, a long-form reference), for pairs that need a good answer the model cannot write.
+
 Answers go to answers/<generator>.jsonl (a meditune.shards.Shard), appended chunk by chunk; a restarted run
 skips questions whose answers are already on disk (a torn last line from a killed write is cut off).
 """
@@ -12,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
-from meditune.prefs.questions import Question, question_text
+from meditune.prefs.questions import Question, question_text, reference_answer
 from meditune.scoring.dahl import DAHL_INSTRUCTION, DAHL_SAMPLING
 from meditune.scoring.registry import BackendFactory
 from meditune.shards import Shard
@@ -26,6 +30,10 @@ log = logging.getLogger(__name__)
 class GeneratorConfig(BackendConfig):
     """A generator: how to reach the model, plus optional per-generator overrides of the collection settings."""
 
+    backend: Literal["transformers", "vllm", "openai", "reference"] = "transformers"  # type: ignore[assignment]
+    # The opening of every answer, which the model continues (local backends); a list is used in turn, question
+    # by question. E.g. a refusal opening, to collect the model's own over-cautious wording (docs/preferences.md).
+    prefill: str | list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
     max_new_tokens: int | None = None
@@ -34,6 +42,20 @@ class GeneratorConfig(BackendConfig):
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(**self.model_dump(include=set(BackendConfig.model_fields)))
+
+    def prefill_for(self, position: int) -> str:
+        """The prefilled opening of the answer to the question at this position ("" for none)."""
+        if not self.prefill:
+            return ""
+        return self.prefill if isinstance(self.prefill, str) else self.prefill[position % len(self.prefill)]
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> GeneratorConfig:
+        if self.backend == "reference" and (self.prefill or (self.samples or 1) > 1):
+            raise ValueError("a reference generator returns the shipped answer: no prefill, one sample")
+        if self.backend == "openai" and self.prefill:
+            raise ValueError("prefill needs a local backend (transformers or vllm)")
+        return self
 
 
 class CollectSettings(BaseModel):
@@ -79,26 +101,37 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
     result: dict[str, list[dict[str, Any]]] = {}
     for gi, gen in enumerate(generators):
         label = generator_label(gen, gi, taken)
-        n = gen.samples or settings.samples
+        n = 1 if gen.backend == "reference" else gen.samples or settings.samples
         params = SamplingParams(
             temperature=settings.temperature if gen.temperature is None else gen.temperature,
             top_p=settings.top_p if gen.top_p is None else gen.top_p,
             max_new_tokens=settings.max_new_tokens if gen.max_new_tokens is None else gen.max_new_tokens,
             n=n, seed=seed)
         instruction = settings.instruction if gen.instruction is None else gen.instruction
-        # answers of an earlier (killed) run, refused when written under another configuration
-        shard = Shard(out_dir / f"{label}.jsonl", identity_path=out_dir / f"{label}.config.json", identity={
+        position = {it.id: i for i, it in enumerate(items)}
+        identity = ({"backend": "reference"} if gen.backend == "reference" else {
             "backend": gen.backend_config().model_dump(), "params": params.to_dict(), "instruction": instruction,
-            "placement": settings.instruction_placement}, on_mismatch="refuse")
+            "placement": settings.instruction_placement})
+        if gen.prefill:
+            identity["prefill"] = gen.prefill
+        # answers of an earlier (killed) run, refused when written under another configuration
+        shard = Shard(out_dir / f"{label}.jsonl", identity_path=out_dir / f"{label}.config.json", identity=identity,
+                      on_mismatch="refuse")
         done = shard.done
         todo = [it for it in items if any(answer_id(it.id, label, k) not in done for k in range(n))]
-        if todo:
+        if todo and gen.backend == "reference":
+            shard.add([{"id": answer_id(it.id, label, 0), "question_id": it.id, "generator": label, "sample": 0,
+                        "text": reference_answer(it), "finish_reason": "stop", "prompt_tokens": 0,
+                        "completion_tokens": 0, "messages": [], "params": None}
+                       for it in todo if reference_answer(it)])
+        elif todo:
             log.info("generator %s: %d of %d questions to answer", label, len(todo), len(items))
             backend = backends(gen.backend_config())
             for start in range(0, len(todo), settings.chunk_size):
                 chunk = todo[start:start + settings.chunk_size]
                 reqs = [GenerationRequest(it.id, build_messages(question_text(it), instruction,
-                                                                settings.instruction_placement), params)
+                                                                settings.instruction_placement), params,
+                                          prefill=gen.prefill_for(position[it.id]))
                         for it in chunk]
                 rows = []
                 for it, req, gens in zip(chunk, reqs, backend.generate(reqs), strict=True):

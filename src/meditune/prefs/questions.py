@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from meditune.errors import ConfigError
 from meditune.prompts import render_mcq
-from meditune.records import LongFormItem, MCQItem
+from meditune.records import LongFormItem, MCQItem, SafetyItem
 
-Question = LongFormItem | MCQItem
+Question = LongFormItem | MCQItem | SafetyItem
 
 
 def load_questions(spec: str, limit: int | None = None) -> list[Question]:
     """Questions from a source spec ('dahl:path/questions.csv', 'sample:longform', a .jsonl of records, ...)."""
     from meditune.data import load_source
 
-    items = [it for it in load_source(spec) if isinstance(it, (LongFormItem, MCQItem))]
+    items = [it for it in load_source(spec) if isinstance(it, (LongFormItem, MCQItem, SafetyItem))]
     if not items:
-        raise ConfigError(f"questions {spec!r}: no long-form or multiple-choice questions found")
+        raise ConfigError(f"questions {spec!r}: no long-form, multiple-choice or safety questions found")
     return items[:limit] if limit else items
 
 
@@ -23,11 +23,24 @@ def question_text(item: Question) -> str:
     """The text a generator sees: the question; for an MCQ item its context (a PubMedQA abstract) and options."""
     if isinstance(item, MCQItem):
         return render_mcq(item, "prefs_question")
+    if isinstance(item, SafetyItem):
+        return item.request
     return item.question
+
+
+def reference_answer(item: Question) -> str | None:
+    """The answer shipped with a question (a long-form reference, a safety item's safe response), if any."""
+    if isinstance(item, SafetyItem):
+        return item.safe_response
+    if isinstance(item, LongFormItem):
+        return item.reference
+    return None
 
 
 def references(item: Question) -> list[str]:
     """Reference statements for grounded verification: must-have statements, else the reference text."""
+    if isinstance(item, SafetyItem):
+        return [item.safe_response] if item.safe_response else []
     if isinstance(item, LongFormItem):
         if item.must_have:
             return list(item.must_have) + list(item.nice_to_have)

@@ -11,7 +11,7 @@ from meditune.stages import StageContext, apply_recipe_defaults, stage_type
 def estimate(cfg: PrefsStageConfig, recipe: Any) -> dict[str, Any]:
     """Questions, generations and scorer calls a dry run prints."""
     n = cfg.limit or "all"
-    samples = sum(g.samples or cfg.collection.samples for g in cfg.generators)
+    samples = sum(g.samples or cfg.collection.samples for g in cfg.generators if g.backend != "reference")
     gens = n * samples if isinstance(n, int) else f"{samples} per question"
     return {"questions": n, "generators": len(cfg.generators), "generations": gens, "scorer": cfg.scorer.type,
             "pairing": cfg.pairing.policy, "translation": cfg.translation.target_language if cfg.translation else None}

@@ -11,7 +11,6 @@ from typing import Any
 
 from meditune.errors import InputError
 from meditune.io import iter_jsonl, read_json
-from meditune.stats import paired_bootstrap
 
 STAT_SUFFIXES = ("_stderr", "_ci_low", "_ci_high", "_n")
 
@@ -115,23 +114,23 @@ def sample_key(row: dict[str, Any]) -> str:
 
 
 def paired_diffs(before: StageInfo, after: StageInfo) -> list[dict[str, Any]]:
-    """For each metric both stages report per item: mean difference (after - before) with a paired bootstrap CI."""
-    a = {sample_key(r): r for r in before.samples}
-    b = {sample_key(r): r for r in after.samples}
-    common = [k for k in a if k in b]
-    if not common:
-        return []
+    """For each metric both stages report per item: mean difference (after - before) with a paired bootstrap CI,
+    and whether higher is better (from the after stage's results.json)."""
+    from meditune.evaluation.results import paired_metric_diffs
+
     metrics = sorted({m.metric for m in before.metrics} & {m.metric for m in after.metrics})
-    out = []
-    for metric in metrics:
-        pairs = [(sample_metric(a[k], metric), sample_metric(b[k], metric)) for k in common]
-        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
-        if not pairs:
-            continue
-        res = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs])
-        res.update(metric=metric, before=sum(x for x, _ in pairs) / len(pairs),
-                   after=sum(y for _, y in pairs) / len(pairs))
-        out.append(res)
+    better = higher_is_better(after)
+    return [{**row, "metric": metric, "before": row["a"], "after": row["b"], "higher_is_better": better.get(metric, True)}
+            for metric, row in paired_metric_diffs(before.samples, after.samples, metrics).items()]
+
+
+def higher_is_better(stage: StageInfo) -> dict[str, bool]:
+    """metric -> whether a higher value is better, from a results.json's `higher_is_better` block."""
+    hib = (stage.results or {}).get("higher_is_better") or {}
+    out: dict[str, bool] = {}
+    for per_task in hib.values():
+        if isinstance(per_task, dict):
+            out.update({k: bool(v) for k, v in per_task.items()})
     return out
 
 

@@ -77,15 +77,16 @@ def section_metrics(stages: list[StageInfo]) -> str:
 
 
 def verdict(d: dict[str, Any]) -> tuple[str, str]:
-    """An honest sentence about a paired difference."""
+    """An honest sentence about a paired difference (an increase is an improvement only where higher is better)."""
     lo, hi = d["ci_low"], d["ci_high"]
     base = (f"{d['metric']}: {fmt(d['before'])} → {fmt(d['after'])}, difference {d['diff']:+.3f} "
             f"(95% CI {lo:+.3f} to {hi:+.3f}, paired bootstrap p={d['p_value']:.3f}, n={d['n']})")
-    if lo > 0:
-        return base + ": a detectable improvement.", "up"
-    if hi < 0:
-        return base + ": a detectable decline.", "down"
-    return base + ": the interval includes 0, so no detectable change on this data.", ""
+    if lo <= 0 <= hi:
+        return base + ": the interval includes 0, so no detectable change on this data.", ""
+    better = (lo > 0) == d.get("higher_is_better", True)
+    word = "rise" if lo > 0 else "drop"
+    return (base + f": a detectable {word}, an improvement.", "up") if better else \
+        (base + f": a detectable {word}, a decline.", "down")
 
 
 def comparisons(stages: list[StageInfo], pairs: list[tuple[str, str]] | None) -> list[tuple[StageInfo, StageInfo]]:
@@ -102,6 +103,37 @@ def comparisons(stages: list[StageInfo], pairs: list[tuple[str, str]] | None) ->
                 out.append((a, b))
                 break
     return out
+
+
+def section_headline(stages: list[StageInfo], headline: list[dict[str, Any]]) -> str:
+    """The lead story: the metrics the regime is about, before and after, with paired CIs, and what it cost."""
+    by_name = {s.name: s for s in stages}
+    rows, notes = [], []
+    for h in headline:
+        a, b = by_name.get(h["before"]), by_name.get(h["after"])
+        d = next((d for d in paired_diffs(a, b) if d["metric"] == h["metric"]), None) if a and b else None
+        label = h.get("label") or h["metric"]
+        if d is None:
+            rows.append(f"<tr><td>{esc(label)}</td><td colspan=5 class='muted'>not measured in this run "
+                        f"({esc(h['before'])} → {esc(h['after'])}, {esc(h['metric'])})</td></tr>")
+            continue
+        text, cls = verdict(d)
+        rows.append(f"<tr><td>{esc(label)}</td><td class='num'>{fmt(d['before'])}</td><td class='num'>"
+                    f"{fmt(d['after'])}</td><td class='num'>{d['diff']:+.3f} [{d['ci_low']:+.3f}, "
+                    f"{d['ci_high']:+.3f}]</td><td class='num'>{d['n']}</td><td class='verdict {cls}'>"
+                    f"{esc(text.rsplit(': ', 1)[-1])}</td></tr>")
+    if not rows:
+        return ""
+    ran = [s for s in stages if s.manifest.get("duration_s")]
+    total = sum(s.manifest["duration_s"] for s in ran)
+    if ran:
+        slowest = max(ran, key=lambda s: s.manifest["duration_s"])
+        notes.append(f"Wall time of the stages: {total / 60:.1f} min in all; the longest, {esc(slowest.name)} "
+                     f"({esc(slowest.type)}), took {slowest.manifest['duration_s'] / 60:.1f} min.")
+    return ("<h2>What changed</h2><table><tr><th>what</th><th>before</th><th>after</th><th>change [95% CI]</th>"
+            "<th>n</th><th>verdict</th></tr>" + "".join(rows) + "</table><p class='muted'>Paired bootstrap over "
+            "the same held-out items before and after; a change counts only when its interval excludes 0. "
+            + " ".join(notes) + "</p>")
 
 
 def section_before_after(stages: list[StageInfo], pairs: list[tuple[str, str]] | None) -> str:
@@ -256,7 +288,8 @@ def section_cards(stages: list[StageInfo]) -> str:
 
 
 def render(title: str, recipe: dict[str, Any], stages: list[StageInfo], *,
-           compare: list[tuple[str, str]] | None = None, pair_samples: int = 20) -> str:
+           compare: list[tuple[str, str]] | None = None, pair_samples: int = 20,
+           headline: list[dict[str, Any]] | None = None) -> str:
     """The whole report page."""
     started = min((s.manifest.get("started") or "" for s in stages), default="")
     total = sum(s.manifest.get("duration_s") or 0 for s in stages)
@@ -266,7 +299,7 @@ def render(title: str, recipe: dict[str, Any], stages: list[StageInfo], *,
             f"<td>{esc(recipe.get('seed', ''))}</td></tr><tr><th>started</th><td>{esc(started)}</td>"
             f"<th>stage time (sum)</th><td>{total / 60:.1f} min</td></tr><tr><th>versions</th><td colspan=3>"
             f"{esc(', '.join(f'{k} {v}' for k, v in versions.items()))}</td></tr></table>")
-    body = (head + section_before_after(stages, compare) + section_metrics(stages) + section_plots(stages)
+    body = (head + section_headline(stages, headline or []) + section_before_after(stages, compare) + section_metrics(stages) + section_plots(stages)
             + section_stages(stages) + section_pairs(stages, pair_samples) + section_cards(stages))
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<meta name='generator' content='meditune {datetime.now().date()}'><style>{CSS}</style></head>"

