@@ -52,7 +52,7 @@ def test_tree_equals_naive(tiny, choices, chat, batch_size, max_tokens):
     reqs = _requests(tok, choices, chat)
     scorer = LoglikScorer(model, tok, batch_size=batch_size, method="tree", max_tokens=max_tokens)
     fast = scorer.score(reqs)
-    _assert_close(fast, naive_score(model, tok, reqs), 1e-5)
+    _assert_close(fast, naive_score(model, tok, reqs), 5e-5)  # float32 sums in another order: ~1e-5 on long options
     if choices == "full":
         assert len({n for s in fast for n in s.n_tokens}) > 2  # uneven option lengths were exercised
 

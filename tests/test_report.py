@@ -74,7 +74,7 @@ def test_report_content_and_honest_verdict(tmp_path):
     out = build_report(run, run / "report.html", title="t", recipe={"model": "default"},
                        order=["before", "prefs", "dpo", "after_eval"])
     page = out.read_text()
-    assert "before → after_eval" in page and "a detectable improvement" in page
+    assert "before → after_eval" in page and "a detectable rise, an improvement" in page
     assert page.count("<svg") >= 4  # curves, score histogram, margins, by-subject
     assert "Gout is caused by uric acid crystals." in page and "model card" in page and "datacard" in page
     assert "answer scores per generator" in page and "score margin" in page and "acc by subject" in page
