@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     from meditune.evaluation.openqa import OpenQAOptions, evaluate_openqa
     from meditune.evaluation.pairwise import PairwiseOptions, evaluate_pairwise
     from meditune.evaluation.safety import SafetyOptions, evaluate_safety
-    from meditune.scoring.refusal import keyword_refusal
     from meditune.evaluation.toxicity import ToxicityOptions, evaluate_toxicity
     from meditune.io import read_json, read_jsonl
+    from meditune.scoring.refusal import keyword_refusal
 
     only = set(filter(None, args.only.split(",")))
 
