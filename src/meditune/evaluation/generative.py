@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meditune.evaluation.loglik import NO_HOOKS, BatchHooks
 from meditune.generation.sampling import truncate_at_stop
 from meditune.letters import parse_choice
 
@@ -34,8 +35,9 @@ class GenOut:
 def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 32,
                    stop: Sequence[str] = DEFAULT_STOP, batch_size: int = 8, temperature: float = 0.0,
                    top_p: float = 1.0, seed: int = 0, max_length: int | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[GenOut]:
-    """Complete raw prompts (already chat-rendered when wanted), batched and sorted by length."""
+                   progress: Callable[[int], None] | None = None, hooks: BatchHooks = NO_HOOKS) -> list[GenOut]:
+    """Complete raw prompts (already chat-rendered when wanted), batched and sorted by length; `hooks` may skip
+    planned batches (their outputs stay None) and take each batch's outputs as it finishes."""
     import torch
 
     from meditune.evaluation.loglik import TokenEncoder, model_max_length
@@ -58,6 +60,8 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_ne
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
+            if not hooks.wants(idx):
+                continue
             seqs = [encoded[i][-window:] for i in idx]  # left truncation, as lm-eval's generate_until
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -79,6 +83,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_ne
                 text, stopped = truncate_at_stop(raw, stop)
                 finish = "stop" if stopped or len(new) < max_new_tokens else "length"
                 outs[i] = GenOut(text, len(seqs[r]), len(new), finish, len(encoded[i]) - len(seqs[r]))
+            hooks.finished(idx, [outs[i] for i in idx])
             if progress:
                 progress(len(idx))
     return outs  # type: ignore[return-value]

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from meditune.distributed import current
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.results import build_results, write_outputs
 from meditune.evaluation.strategies import StrategyContext, get_strategy
@@ -18,6 +19,7 @@ from meditune.evaluation.tasks import Task, get_task
 from meditune.io import iter_jsonl
 from meditune.prompts import Template, get_template
 from meditune.records import MCQItem, read_records
+from meditune.shards import remove_shard
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +203,7 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
     results = build_results(task, samples, task_config=_task_config(task, cfg, template, mode, registered),
                             run_config=run_config, protocol=protocol, n_original=n_original,
                             num_fewshot=cfg.shots, extra=extra, seed=cfg.seed, started=started)
-    paths = write_outputs(out, results, samples)
-    (out / PARTIAL).unlink(missing_ok=True)  # finished: the shard is now in samples.jsonl
-    (out / PARTIAL_KEY).unlink(missing_ok=True)
+    paths = write_outputs(out, results, samples)  # under several ranks: rank 0, with every rank's samples
+    if current().is_main:
+        remove_shard(out / PARTIAL, out / PARTIAL_KEY)  # finished: the shard is now in samples.jsonl
     return paths

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ class BackendConfig(BaseModel):
     dtype: str = "auto"
     trust_remote_code: bool = False
     batch_size: int = 16
+    # vllm backend: GPUs one engine shards the model over, within one rank (docs/scaleout.md); None = vLLM's 1
+    tensor_parallel_size: int | None = Field(None, ge=1)
     # openai backend
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from files

@@ -76,4 +76,4 @@ STAGES = {
     "idpo": (IDPOStageConfig, train_idpo, "iterative DPO: sample n, DPO on best vs worst; rounds"),
 }
 for _type, (_config, _run, _description) in STAGES.items():
-    stage_type(_type, _config, _description, estimate=estimate)(_run)
+    stage_type(_type, _config, _description, estimate=estimate, all_ranks=True)(_run)  # DDP / split rollouts
