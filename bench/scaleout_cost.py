@@ -43,6 +43,7 @@ def timed(fn):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--n", type=int, default=16, help="DAHL questions answered and scored (one batch of 16)")
     ap.add_argument("--mcqa-n", type=int, default=48, help="KorMedMCQA-style items evaluated")
     ap.add_argument("--eval-items", type=int, default=2500, help="items of one full MCQA evaluation to extrapolate "
@@ -72,11 +73,11 @@ def main() -> int:
     kor = SHARED / "kormedmcqa" / "doctor" / "valid.csv"
     mcq_spec = f"kormedmcqa:{kor}" if kor.exists() else "sample:mcq"
 
-    _, load_s, _ = timed(lambda: load_model(args.model, device="cpu"))
+    _, load_s, _ = timed(lambda: load_model(args.model, device=args.device))
     backends = default_backend_factory()  # one model per config, loaded once (load time counted above)
-    gen = GeneratorConfig(model=args.model, name="dahl-instruct", batch_size=16, device="cpu")
+    gen = GeneratorConfig(model=args.model, name="dahl-instruct", batch_size=16, device=args.device)
     backends(gen.backend_config())
-    judge = BackendConfig(model=args.model, name="judge", batch_size=16, device="cpu")
+    judge = BackendConfig(model=args.model, name="judge", batch_size=16, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         settings = CollectSettings(max_new_tokens=args.gen_tokens, chunk_size=16)
@@ -89,7 +90,7 @@ def main() -> int:
         scores, score_s, score_cpu = timed(lambda: score_answers(by_id, rows, scorer, out / "scores.jsonl", 16))
         clean = sum(1 for s in scores.values() if s.clean)
         mcqa = MCQAOptions(model=args.model, data=mcq_spec, template="kormedmcqa", limit=args.mcqa_n,
-                           batch_size=16, device="cpu")
+                           batch_size=16, device=args.device)
         _, mcqa_s, mcqa_cpu = timed(lambda: evaluate_mcqa(mcqa, out / "mcqa"))
     load_after = os.getloadavg()[0]
 

@@ -21,6 +21,7 @@ from meditune.evaluation.loglik import LoglikRequest, LoglikScorer
 from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
 from meditune.evaluation.strategies.direct import PARTIAL, pool_size
 from meditune.prompts import PromptBuilder, get_template
+from meditune.shards import Shard
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -54,6 +55,24 @@ def _lines(out: Path) -> int:
     """Complete sample lines on disk, over every rank's shard."""
     files = [out / PARTIAL, *rank_siblings(out / PARTIAL)]
     return sum(p.read_bytes().count(b"\n") for p in files if p.exists())
+
+
+def _ids_on_disk(out: Path) -> list[str]:
+    """Item ids of the complete sample lines on disk, over every rank's shard (a torn last line left out)."""
+    ids = []
+    for p in [out / PARTIAL, *rank_siblings(out / PARTIAL)]:
+        if p.exists():
+            ids += [json.loads(line)["id"] for line in p.read_bytes().split(b"\n")[:-1]]
+    return ids
+
+
+def _record_appends(monkeypatch) -> list[str]:
+    """Ids of every sample appended to a shard from now on."""
+    added: list[str] = []
+    real = Shard.add
+    monkeypatch.setattr(Shard, "add", lambda self, rows, records=None: (
+        added.extend(r["id"] for r in rows), real(self, rows, records))[1])
+    return added
 
 
 def _kill_after(cmd: list[str], out: Path, at_least: int, timeout: float = 300) -> int:
@@ -102,8 +121,13 @@ def test_kill_resume_loses_at_most_the_batch_in_flight(tmp_path, tiny_model_dir,
     on_disk = _kill_after([sys.executable, str(script), str(tiny_model_dir), str(out), "0.3"], out, 6)
     assert pool_size(options(tiny_model_dir)) >= N_ITEMS  # the whole run is one pool (the old unit)
     assert 6 <= on_disk < N_ITEMS and not (out / "results.json").exists()  # killed mid-pool, batches kept
-    calls = _count_forwards(monkeypatch)
+    before = _ids_on_disk(out)
+    calls, added = _count_forwards(monkeypatch), _record_appends(monkeypatch)
     evaluate_mcqa(options(tiny_model_dir), out)
+    # no batch lost or written twice: the killed run's samples and the resumed run's are disjoint and cover all
+    assert len(set(before)) == len(before) == on_disk and not set(before) & set(added), (before, added)
+    assert sorted(before + added) == sorted(json.loads(line)["id"] for line in
+                                            (reference / "samples.jsonl").read_text().splitlines())
     # only batches with an unfinished item ran again: at most one batch's items were computed twice
     assert BATCH * len(calls) <= N_ITEMS - on_disk + BATCH, (len(calls), on_disk)
     assert (out / "samples.jsonl").read_bytes() == (reference / "samples.jsonl").read_bytes()
@@ -143,3 +167,38 @@ def test_flushing_per_batch_keeps_the_pools_batches(tmp_path, tiny_model_dir, mo
     calls.clear()
     evaluate_mcqa(options(tiny_model_dir), tmp_path / "out", preloaded=(model, tok))
     assert len(whole_pool) == N_ITEMS // BATCH and calls == whole_pool
+
+
+def test_hooks_run_only_the_chosen_batches_with_the_same_numbers(tiny_model_dir):
+    """Every scoring path (packed tree, two-pass, generative) plans its batches alike with or without hooks and
+    gives a batch that runs the numbers it gives in a full run."""
+    from meditune.evaluation.generative import generate_texts
+    from meditune.evaluation.loglik import BatchHooks
+    from meditune.evaluation.mcqa import load_items
+    from meditune.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    template = get_template("generic")
+    builder = PromptBuilder(template, template.choices, tokenizer=tok)
+    rendered = [builder.render(it) for it in load_items("sample:mcq")[:10]]
+    reqs = [LoglikRequest(r.context, r.continuations) for r in rendered]
+
+    def every_other() -> tuple[BatchHooks, list[list[int]]]:
+        seen: list[list[int]] = []
+        return BatchHooks(lambda idx: (seen.append(idx), len(seen) % 2 == 0)[1],
+                          lambda idx, results: None), seen
+
+    for method in ("tree", "two-pass"):
+        full = LoglikScorer(model, tok, batch_size=3, method=method).score(reqs)
+        hooks, seen = every_other()
+        part = LoglikScorer(model, tok, batch_size=3, method=method).score(reqs, hooks=hooks)
+        ran = {i for k, b in enumerate(seen) for i in b if k % 2 == 1}
+        assert sorted(i for b in seen for i in b) == list(range(10))  # every request planned once
+        assert [p is not None for p in part] == [i in ran for i in range(10)], method
+        assert all(part[i].loglik == full[i].loglik for i in ran), method
+    prompts = [r.context for r in rendered]
+    full_g = generate_texts(model, tok, prompts, max_new_tokens=3, batch_size=3)
+    hooks, seen = every_other()
+    part_g = generate_texts(model, tok, prompts, max_new_tokens=3, batch_size=3, hooks=hooks)
+    ran = {i for k, b in enumerate(seen) for i in b if k % 2 == 1}
+    assert ran and all(part_g[i] == full_g[i] for i in ran) and all(part_g[i] is None for i in set(range(10)) - ran)
