@@ -1,9 +1,14 @@
-"""meditune.distributed in one process: ranks from the environment, solo(), per-rank file names, and shards that
-read (and clean up) the files other ranks wrote, so one process can resume a killed multi-rank run."""
+"""meditune.distributed in one process: ranks from the environment, solo(), per-rank file names, shards that
+read (and clean up) the files other ranks wrote, so one process can resume a killed multi-rank run, and a
+generation job whose ranks (threads here) stay in step when one of them fails."""
 
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -79,3 +84,67 @@ def test_identity_reset_and_removal_cover_every_ranks_file(tmp_path):
         Shard(p, identity={"k": 3}, identity_path=ident, on_mismatch="refuse")
     remove_shard(p, ident)
     assert not p.exists() and not rank_siblings(p) and not ident.exists()
+
+
+class _Hub:
+    """Collectives among threads that play the ranks of one run; a rank left waiting fails (barrier timeout)
+    instead of hanging the test."""
+
+    def __init__(self, world: int):
+        self.wait = threading.Barrier(world, timeout=10).wait
+        self.slots: list[Any] = [None] * world
+
+    def all_gather(self, rank: int, obj: Any) -> list[Any]:
+        self.slots[rank] = obj
+        self.wait()
+        out = list(self.slots)
+        self.wait()  # nobody writes the next collective's value before every rank has read this one
+        return out
+
+
+@dataclass(frozen=True)
+class _ThreadRanks(Ranks):
+    hub: Any = None
+
+    def barrier(self) -> None:
+        self.hub.wait()
+
+    def broadcast(self, obj: Any) -> Any:
+        return self.hub.all_gather(self.rank, obj)[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return self.hub.all_gather(self.rank, obj)
+
+
+def test_a_generation_that_fails_on_one_rank_raises_on_every_rank_and_the_retry_stays_in_step(tmp_path):
+    """A judge call that fails on one rank (a server error) must not leave the other ranks waiting in the merge:
+    every rank raises, so the judges' one retry (scoring.llm.ask) runs on every rank together."""
+    from meditune.generation.base import GenerationRequest, SamplingParams, ScriptedBackend
+    from meditune.generation.job import run_job
+
+    reqs = [GenerationRequest(f"r{i}", [{"role": "user", "content": f"q{i}"}], SamplingParams()) for i in range(4)]
+    hub, fail_once = _Hub(2), {1}
+
+    def respond(req: GenerationRequest, i: int) -> str:
+        if req.id == "r1" and fail_once:  # rank 1 owns unit 1
+            fail_once.clear()
+            raise ConnectionError("judge unreachable")
+        return f"answer {req.id}"
+
+    def rank(r: int) -> tuple[list[str], list[str]]:
+        errors = []
+        for _ in range(2):  # the first try and one retry, as ask() does (keeping no traceback, as ask())
+            try:
+                res = run_job(reqs, ScriptedBackend(respond), tmp_path / "job", model={"backend": "scripted"},
+                              unit_size=1, progress=False, ranks=_ThreadRanks(r, 2, hub=hub))
+                return errors, [row["generations"][0]["text"] for row in res.rows or []]
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{type(e).__name__}: {e}")
+        return errors, []
+
+    with ThreadPoolExecutor(2) as pool:
+        (errors0, texts0), (errors1, texts1) = pool.map(rank, (0, 1))
+    assert errors1 == ["ConnectionError: judge unreachable"]
+    assert len(errors0) == 1 and "generation failed on rank 1: ConnectionError: judge unreachable" in errors0[0]
+    assert texts0 == texts1 == [f"answer r{i}" for i in range(4)]
+    assert json.loads((tmp_path / "job" / "generations.jsonl").read_text().splitlines()[1])["id"] == "r1"

@@ -1,5 +1,6 @@
-"""Scale-out: the generation-heavy stage families (generate, eval_mcqa, an open evaluation, prefs) run as one recipe
-under torchrun with 2 CPU processes (gloo) and write exactly what one process writes.
+"""Scale-out: the generation-heavy stage families (generate, eval_mcqa, open evaluations with and without a judge,
+prefs with the answer and the safety scorers) run as one recipe under torchrun with 2 CPU processes (gloo) and
+write exactly what one process writes.
 
 One recipe runs once with one process and once with two (module fixture, about a minute on the tiny model); each
 test then checks one stage family: the world size was 2, both ranks did part of the work, and the outputs equal
@@ -37,6 +38,18 @@ def recipe(model: Path, questions: Path) -> dict:
          "generators": [{"name": "a"}, {"name": "b", "temperature": 1.0}],
          "collection": {"max_new_tokens": 6, "chunk_size": 2}, "scorer": {"type": "answer"},
          "score_chunk_size": 2},
+        # 100 harmful + 30 benign requests: 3 units of 64 in the answers' job and in the refusal judge's (the
+        # evaluated model as judge), 2 in the harmfulness judge's
+        {"name": "safety", "type": "eval_safety", "data": "sample:safety", "limit": 100, "benign": "sample:benign",
+         "benign_limit": 30, "judge": str(model), "max_new_tokens": 4, "judge_max_new_tokens": 4},
+        # the safety regime's preference pairs: a reference answer (rank 0 copies it), a prefilled refusal opening
+        # and the model as it is, scored by the safety scorer
+        {"name": "prefs_safety", "type": "prefs", "questions": "sample:safety", "limit": 6,
+         "generators": [{"name": "reference", "backend": "reference"},
+                        {"name": "cautious", "prefill": ["I can't help with that."], "max_new_tokens": 4},
+                        {"name": "model", "temperature": 1.0}],
+         "collection": {"instruction": "", "max_new_tokens": 6, "chunk_size": 2},
+         "scorer": {"type": "safety", "classifier": "keyword"}, "score_chunk_size": 2},
     ]}
 
 
@@ -115,14 +128,25 @@ def test_open_eval_splits_its_generation_job_and_writes_the_same_results(runs):
     _assert_same_results(one, two, "open")
 
 
-def test_prefs_splits_collection_and_scoring_and_writes_the_same_dataset(runs):
+def test_safety_eval_splits_answers_and_judge_calls_and_writes_the_same_results(runs):
     one, two = runs
-    _assert_split(one, two, "prefs")
-    for name in ("dataset.jsonl", "trl.jsonl", "scores.jsonl", "answers/a.jsonl", "answers/b.jsonl"):
-        assert (one / "prefs" / name).read_bytes() == (two / "prefs" / name).read_bytes(), name
-    assert sorted(p.name for p in (two / "prefs" / "answers").iterdir()) == \
-        sorted(p.name for p in (one / "prefs" / "answers").iterdir())  # rank files merged into one per generator
-    card = [json.loads((run / "prefs" / "datacard.json").read_text()) for run in runs]
+    _assert_split(one, two, "safety")
+    _assert_same_results(one, two, "safety")
+    samples = [json.loads(line) for line in (two / "safety" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 130 and all(s["judge_refusal"] is not None for s in samples)  # every judge call came back
+    assert sum(s["judge_harm"] is not None for s in samples) == 100
+
+
+@pytest.mark.parametrize(("stage", "generators"), [("prefs", ("a", "b")),
+                                                   ("prefs_safety", ("reference", "cautious", "model"))])
+def test_prefs_splits_collection_and_scoring_and_writes_the_same_dataset(runs, stage, generators):
+    one, two = runs
+    _assert_split(one, two, stage)
+    for name in ("dataset.jsonl", "trl.jsonl", "scores.jsonl", *(f"answers/{g}.jsonl" for g in generators)):
+        assert (one / stage / name).read_bytes() == (two / stage / name).read_bytes(), name
+    assert sorted(p.name for p in (two / stage / "answers").iterdir()) == \
+        sorted(p.name for p in (one / stage / "answers").iterdir())  # rank files merged into one per generator
+    card = [json.loads((run / stage / "datacard.json").read_text()) for run in runs]
     for c in card:
         c.pop("created"), c.pop("timings_s")
     assert card[0] == card[1]

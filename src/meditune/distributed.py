@@ -84,6 +84,10 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    def first_failure(self, failure: str | None) -> str | None:
+        """The first failure (in rank order) of any rank, on every rank; None when no rank failed."""
+        return next((f for f in self.all_gather(failure) if f), None)
+
 
 SOLO = Ranks()
 

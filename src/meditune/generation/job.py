@@ -176,28 +176,24 @@ def run_job(requests: Sequence[GenerationRequest], backend: Backend | Callable[[
     todo_units = [u for u in mine if any(r.id not in done for r in u)]
     generated = cached = tokens = 0
     gen_s = 0.0
-    if todo_units:
-        inner = backend() if callable(backend) and not hasattr(backend, "generate") else backend
-        with _Progress(progress and ranks.is_main, total=sum(len(u) for u in mine), done=resumed) as bar:
-            for unit in todo_units:
-                keys = [request_key(model, r) for r in unit] if cache is not None else []
-                hits = [cache.get(k, r.id) for k, r in zip(keys, unit, strict=True)] if cache is not None else [None]
-                # All or nothing per unit: a partly cached unit is generated whole, so batching never depends
-                # on how far an earlier (killed) run got.
-                if all(h is not None for h in hits):
-                    results, cached = hits, cached + len(unit)
-                else:
-                    t0 = time.perf_counter()
-                    results = inner.generate(unit)
-                    gen_s += time.perf_counter() - t0
-                    generated += len(unit)
-                rows = [_record(r, g, label) for r, g in zip(unit, results, strict=True) if r.id not in done]
-                shards.add(rows)
-                if cache is not None and results is not hits:
-                    cache.put(list(zip(keys, results, strict=True)))
-                new_tokens = sum(g["completion_tokens"] for row in rows for g in row["generations"])
-                tokens += new_tokens
-                bar.advance(len(rows), new_tokens)
+    failure: Exception | None = None
+    try:
+        if todo_units:
+            generated, cached, tokens, gen_s = _generate_units(
+                todo_units, backend, shards, model=model, label=label, cache=cache,
+                progress=_Progress(progress and ranks.is_main, total=sum(len(u) for u in mine), done=resumed))
+    except Exception as e:
+        if not ranks.distributed:
+            raise
+        failure = e
+    # A rank that failed must not leave the others waiting in the merge: every rank raises (so a caller that
+    # retries, as the judges do, retries on every rank together and the collectives stay in step).
+    failed = ranks.first_failure(f"rank {ranks.rank}: {type(failure).__name__}: {failure}" if failure else None)
+    if failed:
+        lock.close()  # free for the retry now: the failure's traceback keeps this frame (and the lock) alive
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"{out_dir}: generation failed on {failed}")
     done = shards.merge()
     if ranks.distributed:  # the counts of the whole job; generation time of the slowest rank
         counts = ranks.all_gather((generated, cached, resumed, tokens, gen_s))
@@ -213,6 +209,38 @@ def run_job(requests: Sequence[GenerationRequest], backend: Backend | Callable[[
         write_jsonl(path, rows)
     return JobResult(path, shards.dir, len(rows), generated, cached, resumed, tokens, time.perf_counter() - start,
                      gen_s, ranks.world, rows)
+
+
+def _generate_units(units: list[list[GenerationRequest]], backend: Backend | Callable[[], Backend], shards: ShardDir,
+                    *, model: dict[str, Any], label: str, cache: GenerationCache | None,
+                    progress: _Progress) -> tuple[int, int, int, float]:
+    """Generate (or take from the cache) each unit whole and append its unfinished requests to `shards`;
+    returns (generated, cached, completion tokens, generation seconds)."""
+    done = shards.done
+    generated = cached = tokens = 0
+    gen_s = 0.0
+    inner = backend() if callable(backend) and not hasattr(backend, "generate") else backend
+    with progress as bar:
+        for unit in units:
+            keys = [request_key(model, r) for r in unit] if cache is not None else []
+            hits = [cache.get(k, r.id) for k, r in zip(keys, unit, strict=True)] if cache is not None else [None]
+            # All or nothing per unit: a partly cached unit is generated whole, so batching never depends
+            # on how far an earlier (killed) run got.
+            if all(h is not None for h in hits):
+                results, cached = hits, cached + len(unit)
+            else:
+                t0 = time.perf_counter()
+                results = inner.generate(unit)
+                gen_s += time.perf_counter() - t0
+                generated += len(unit)
+            rows = [_record(r, g, label) for r, g in zip(unit, results, strict=True) if r.id not in done]
+            shards.add(rows)
+            if cache is not None and results is not hits:
+                cache.put(list(zip(keys, results, strict=True)))
+            new_tokens = sum(g["completion_tokens"] for row in rows for g in row["generations"])
+            tokens += new_tokens
+            bar.advance(len(rows), new_tokens)
+    return generated, cached, tokens, gen_s
 
 
 class _Progress:
