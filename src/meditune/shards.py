@@ -84,7 +84,32 @@ def _key_fn(key: str | KeyFn) -> KeyFn:
     return (lambda row: row[key]) if isinstance(key, str) else key
 
 
-class Shard:
+class _Gathered:
+    """What Shard and ShardDir share across ranks: `done`, the records this rank added, and their merge."""
+
+    done: dict[str, Any]
+    ranks: Ranks
+    _new: list[tuple[str, Any]]  # what this rank added since opening (kept only under several ranks)
+
+    def _keep(self, key: str, record: Any) -> None:
+        self.done[key] = record
+        if self.ranks.distributed:
+            self._new.append((key, record))
+
+    def merge(self) -> dict[str, Any]:
+        """Every rank's additions since opening, gathered: `done` is then the whole result on every rank (all ranks
+        call this together); counts the rows each rank added."""
+        if self.ranks.distributed:
+            parts = self.ranks.all_gather(self._new)
+            for r, part in enumerate(parts):
+                if r != self.ranks.rank:
+                    self.done.update(part)
+            tally([len(p) for p in parts])
+        self._new = []
+        return self.done
+
+
+class Shard(_Gathered):
     """One append-only shard file: `done` holds the finished records by key (later lines win)."""
 
     def __init__(self, path: str | os.PathLike, *, key: str | KeyFn = "id", parse: ParseFn | None = None,
@@ -139,15 +164,7 @@ class Shard:
         rows = list(rows)
         append_jsonl(self.path, rows)
         for row, rec in zip(rows, rows if records is None else list(records), strict=True):
-            self.done[self.key(row)] = rec
-            if self.ranks.distributed:
-                self._new.append((self.key(row), rec))
-
-    def merge(self) -> dict[str, Any]:
-        """Every rank's additions since opening, gathered: `done` is then the whole result on every rank."""
-        self.done = _merge(self.ranks, self.done, self._new)
-        self._new = []
-        return self.done
+            self._keep(self.key(row), rec)
 
     def consolidate(self, rows: Iterable[Any]) -> None:
         """Rank 0 rewrites the shard as `rows` (the merged result, in the order one process writes it) and removes
@@ -172,19 +189,7 @@ def remove_shard(path: str | os.PathLike, identity_path: str | os.PathLike | Non
         Path(identity_path).unlink(missing_ok=True)
 
 
-def _merge(ranks: Ranks, done: dict[str, Any], new: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`done` plus what every other rank added (all ranks call this together); counts rows per rank."""
-    if not ranks.distributed:
-        return done
-    parts = ranks.all_gather(new)
-    for r, part in enumerate(parts):
-        if r != ranks.rank:
-            done.update(part)
-    tally([len(p) for p in parts])
-    return done
-
-
-class ShardDir:
+class ShardDir(_Gathered):
     """A directory of shards `<prefix>-*.jsonl`, one per writer; `done` merges them in name order.
 
     Under several ranks rank 0 reads the directory and every rank starts from its `done`; `merge()` gathers what
@@ -216,12 +221,4 @@ class ShardDir:
         if rows:
             append_jsonl(self.path, rows)
         for row in rows:
-            self.done[self.key(row)] = row
-            if self.ranks.distributed:
-                self._new.append((self.key(row), row))
-
-    def merge(self) -> dict[str, Any]:
-        """Every rank's additions since opening, gathered: `done` is then the whole result on every rank."""
-        self.done = _merge(self.ranks, self.done, self._new)
-        self._new = []
-        return self.done
+            self._keep(self.key(row), row)
