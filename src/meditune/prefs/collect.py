@@ -39,9 +39,19 @@ class GeneratorConfig(BackendConfig):
     max_new_tokens: int | None = None
     samples: int | None = Field(None, ge=1)
     instruction: str | None = None  # "" = no instruction for this generator
+    # Which safety questions this generator answers: e.g. a refusal prefill only where over-caution is the
+    # failure (benign questions), the model as it is only where compliance is (harmful requests); halves the cost.
+    answers: Literal["all", "harmful", "benign"] = "all"
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(**self.model_dump(include=set(BackendConfig.model_fields)))
+
+    def answers_question(self, item: Question) -> bool:
+        """Whether this generator answers the item (`answers: harmful|benign` keeps only those SafetyItems)."""
+        if self.answers == "all":
+            return True
+        harmful = getattr(item, "harmful", None)
+        return isinstance(harmful, bool) and harmful == (self.answers == "harmful")
 
     def prefill_for(self, position: int) -> str:
         """The prefilled opening of the answer to the question at this position ("" for none)."""
@@ -114,18 +124,21 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
             "placement": settings.instruction_placement})
         if gen.prefill:
             identity["prefill"] = gen.prefill
+        if gen.answers != "all":
+            identity["answers"] = gen.answers
         # answers of an earlier (killed) run, refused when written under another configuration
         shard = Shard(out_dir / f"{label}.jsonl", identity_path=out_dir / f"{label}.config.json", identity=identity,
                       on_mismatch="refuse")
         done = shard.done
-        todo = [it for it in items if any(answer_id(it.id, label, k) not in done for k in range(n))]
+        mine = [it for it in items if gen.answers_question(it)]
+        todo = [it for it in mine if any(answer_id(it.id, label, k) not in done for k in range(n))]
         if todo and gen.backend == "reference":
             shard.add([{"id": answer_id(it.id, label, 0), "question_id": it.id, "generator": label, "sample": 0,
                         "text": reference_answer(it), "finish_reason": "stop", "prompt_tokens": 0,
                         "completion_tokens": 0, "messages": [], "params": None}
                        for it in todo if reference_answer(it)])
         elif todo:
-            log.info("generator %s: %d of %d questions to answer", label, len(todo), len(items))
+            log.info("generator %s: %d of %d questions to answer", label, len(todo), len(mine))
             backend = backends(gen.backend_config())
             for start in range(0, len(todo), settings.chunk_size):
                 chunk = todo[start:start + settings.chunk_size]

@@ -13,6 +13,8 @@ def estimate(cfg: PrefsStageConfig, recipe: Any) -> dict[str, Any]:
     n = cfg.limit or "all"
     samples = sum(g.samples or cfg.collection.samples for g in cfg.generators if g.backend != "reference")
     gens = n * samples if isinstance(n, int) else f"{samples} per question"
+    if any(g.answers != "all" for g in cfg.generators):  # some answer only the harmful or only the benign items
+        gens = f"at most {gens}"
     return {"questions": n, "generators": len(cfg.generators), "generations": gens, "scorer": cfg.scorer.type,
             "pairing": cfg.pairing.policy, "translation": cfg.translation.target_language if cfg.translation else None}
 
