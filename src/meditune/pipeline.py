@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from meditune.cost import measure
 from meditune.errors import ConfigError
 from meditune.io import child, hash_obj, hash_path, is_inside, read_json, remove_tree, write_json
 from meditune.logs import log_to_file
@@ -300,18 +301,19 @@ class Pipeline:
         ctx = StageContext(run_dir=self.run_dir, stage_dir=sdir, recipe=self.recipe, outputs=outputs)
         t0 = time.time()
         try:
-            with log_to_file(sdir / "stage.log"):
+            with measure() as meter, log_to_file(sdir / "stage.log"):
                 outs = self.types[s.type].run(cfg, ctx) or {}
         except BaseException as e:
             manifest.update(status="failed", finished=now(), error=f"{type(e).__name__}: {e}",
-                            duration_s=round(time.time() - t0, 2))
+                            duration_s=round(time.time() - t0, 2), cost=meter.result)
             write_json(sdir / MANIFEST, manifest)
             raise
         outs = {k: str(v) for k, v in outs.items()}
-        manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2),
+        manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2), cost=meter.result,
                         outputs=store_outputs(outs, self.run_dir),
                         outputs_hash=hash_obj({k: fingerprint_path(Path(v)) for k, v in outs.items()
                                                if Path(v).exists()}))
         write_json(sdir / MANIFEST, manifest)
-        log.info("done %s in %.1f s", s.name, time.time() - t0)
+        log.info("done %s in %.1f s (CPU %.1f s, peak RSS %.0f MiB)", s.name, meter.result["wall_s"],
+                 meter.result["cpu_s"], meter.result["peak_rss_mb"])
         return outs

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meditune.chat import render_chat
+from meditune.cost import count_tokens
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest, SamplingParams
 from meditune.generation.kv_cache import preallocated_cache
 from meditune.generation.packed_linear import PackedLinears
@@ -238,6 +239,7 @@ class TransformersBackend:
                     if r.finish is not None:
                         finished.append(r)
                 self.tokens_generated += len(rows)
+                count_tokens("generated", len(rows))
                 keep = [j for j, i in enumerate(live) if batch[i].finish is None]
                 if not keep:
                     yield finished

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from meditune.cost import count_tokens
 from meditune.scoring.base import ScoreInput
 from meditune.scoring.dahl import JudgeVerifier, Verdict
 
@@ -56,6 +57,7 @@ class LogprobJudgeVerifier:
                       add_special_tokens=False).to(model.device)
             with torch.inference_mode():
                 logits = model(**enc).logits[:, -1, :].float()
+            count_tokens("scored", int(enc["attention_mask"].sum()))
             probs = logits.softmax(-1)
             p_true = probs[:, ids_t].sum(-1)
             p_false = probs[:, ids_f].sum(-1)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meditune.cost import count_tokens
 from meditune.io import write_json
 from meditune.training.common import Settings, TrainOptions, last_checkpoint
 from meditune.training.outputs import CurveLog, is_main_process, save_model, write_model_card
@@ -28,6 +29,8 @@ def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainOptions, s: Settings,
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)  # all ranks, non-padding
+    count_tokens("trained", tokens)
     metrics: dict[str, Any] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     losses = curves.losses("loss")
     if losses:
@@ -37,7 +40,7 @@ def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainOptions, s: Settings,
     metrics.update(extra_metrics or {})
     summary = {"stage": stage, "base": base_spec, "method": cfg.method, "train_examples": n_train,
                "eval_examples": n_eval, "steps": trainer.state.global_step, "world_size": trainer.args.world_size,
-               "wall_s": round(wall, 2), "s_per_step": round(wall / max(1, trainer.state.global_step), 4),
+               "tokens": tokens, "wall_s": round(wall, 2), "s_per_step": round(wall / max(1, trainer.state.global_step), 4),
                "metrics": metrics}
     lora = cfg.method == "lora"
     merged = cfg.save_merged if save_merged is None else save_merged
