@@ -22,6 +22,7 @@ from meditune.cost import measure
 from meditune.errors import ConfigError
 from meditune.io import child, hash_obj, hash_path, is_inside, read_json, remove_tree, write_json
 from meditune.logs import log_to_file
+from meditune.memory import release_stage_memory
 from meditune.recipe import Recipe
 from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, registry, upstream_refs
 from meditune.versions import package_versions
@@ -314,6 +315,8 @@ class Pipeline:
                             duration_s=round(time.time() - t0, 2), cost=meter.result)
             write_json(sdir / MANIFEST, manifest)
             raise
+        finally:
+            release_stage_memory()  # what the stage loaded goes, and freed heap pages go back to the OS
         outs = {k: str(v) for k, v in outs.items()}
         manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2), cost=meter.result,
                         outputs=store_outputs(outs, self.run_dir),

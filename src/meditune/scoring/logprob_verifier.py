@@ -33,10 +33,11 @@ class LogprobJudgeVerifier:
 
     def _load(self):
         if self._loaded is None:
-            from meditune.models import load_model
+            from meditune.models import load_shared_model, load_tokenizer
 
-            model, tok = load_model(self.spec, device=self.device, dtype=self.dtype,
-                                    trust_remote_code=self.trust_remote_code)
+            model, _ = load_shared_model(self.spec, device=self.device, dtype=self.dtype,
+                                         trust_remote_code=self.trust_remote_code)
+            tok = load_tokenizer(self.spec, trust_remote_code=self.trust_remote_code)  # own copy: left padding
             tok.padding_side = "left"
             ids_t = sorted({tok.encode(w, add_special_tokens=False)[0] for w in TRUE_WORDS})
             ids_f = sorted({tok.encode(w, add_special_tokens=False)[0] for w in FALSE_WORDS})
