@@ -104,3 +104,28 @@ def test_release_stage_memory_returns_freed_heap_to_the_os():
     assert held - before > 200 and kept - before > 150
     release_stage_memory()
     assert current_rss_mb() - before < 60
+
+
+def test_an_embedder_built_per_call_loads_its_model_once_per_stage(monkeypatch, tmp_path):
+    import sentence_transformers
+
+    from meditune import embeddings
+    from meditune.memory import release_stage_memory
+
+    loads = []
+
+    class FakeSentenceModel:
+        def __init__(self, path, **kw):
+            loads.append(path)
+
+        def encode(self, texts, **kw):
+            return [[1.0, 0.0] for _ in texts]
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", FakeSentenceModel)
+    for _ in range(3):  # as the refusal classifier does: a new Embedder on each call
+        embeddings.Embedder(str(tmp_path))(["a fact"])
+    assert len(loads) == 1
+    release_stage_memory()  # the stage ends: nobody holds the model any more
+    assert not [k for k in shared_keys() if str(tmp_path) in str(k)]
+    embeddings.Embedder(str(tmp_path))(["a fact"])
+    assert len(loads) == 2

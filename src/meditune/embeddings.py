@@ -23,7 +23,8 @@ def default_embedding_model() -> str:
 
 
 def _sentence_model(path: str, device: str) -> Any:
-    """A SentenceTransformer shared by every Embedder on it while one holds it (meditune.models.shared)."""
+    """A SentenceTransformer shared by every Embedder on it, held until the stage ends (meditune.models.shared):
+    callers that build an Embedder per call do not reload it."""
     from meditune.models import shared
 
     def load() -> Any:
@@ -31,7 +32,7 @@ def _sentence_model(path: str, device: str) -> Any:
 
         return SentenceTransformer(path, device=device, trust_remote_code=False, local_files_only=True)
 
-    return shared(("sentence-transformer", str(Path(path).resolve()), device), load)
+    return shared(("sentence-transformer", str(Path(path).resolve()), device), load, hold=True)
 
 
 class Embedder:

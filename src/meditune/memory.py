@@ -1,9 +1,9 @@
 """Giving memory back between stages, and the allocator mode that makes CPU training steps fast.
 
 After a stage, the pipeline calls `release_stage_memory()`: Python's cycles are collected (the models the
-stage loaded through meditune.models.load_shared_model go with their last user), CUDA's cached blocks released,
-and glibc asked to return free heap pages to the OS (malloc_trim), so the next stage starts from a small RSS
-instead of the previous stage's high-water mark.
+stage loaded through meditune.models.load_shared_model go with their last user, the sentence embedders' too),
+CUDA's cached blocks released, and glibc asked to return free heap pages to the OS (malloc_trim), so the next
+stage starts from a small RSS instead of the previous stage's high-water mark.
 
 `training_allocator()`: a training step on CPU frees and re-allocates the same logits-sized buffers every step;
 glibc serves allocations above its mmap threshold with fresh mmaps, so each step re-faults (zeroes) those pages.
@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
+
+from meditune.models import release_held
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ def trim_heap() -> bool:
 
 def release_stage_memory() -> None:
     """Collect garbage (models the stage shared go with their last user), release CUDA's cache and trim the heap."""
+    release_held()
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():

@@ -210,18 +210,28 @@ def _load_weights(rm: ResolvedModel, device: str, dtype: str, trust_remote_code:
 # lives as long as some user holds the object (reference counting), so weights are freed when the last user
 # (a backend, a strategy context, a verifier) goes away, at the latest when its stage ends.
 _SHARED: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+_HELD: dict[tuple[Any, ...], Any] = {}  # shared(hold=True): kept until the stage ends (release_held)
 _SHARED_LOCK = threading.RLock()
 
 
-def shared(key: tuple[Any, ...], load: Callable[[], Any]) -> Any:
+def shared(key: tuple[Any, ...], load: Callable[[], Any], *, hold: bool = False) -> Any:
     """The object loaded under `key` while any user still holds it, else `load()` (then shared under `key`).
-    For read-only use: whoever trains or modifies a model loads its own copy."""
+    hold: also keep it until `release_held()` (the end of the stage), for small models that callers fetch anew
+    on each call. For read-only use: whoever trains or modifies a model loads its own copy."""
     with _SHARED_LOCK:
         obj = _SHARED.get(key)
         if obj is None:
             obj = load()
             _SHARED[key] = obj
+        if hold:
+            _HELD[key] = obj
         return obj
+
+
+def release_held() -> None:
+    """Stop holding the objects shared with hold=True (they go with their last user)."""
+    with _SHARED_LOCK:
+        _HELD.clear()
 
 
 def shared_keys() -> list[tuple[Any, ...]]:
