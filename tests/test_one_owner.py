@@ -167,7 +167,8 @@ def test_every_embedding_goes_through_meditune_embeddings(monkeypatch):
     assert verdicts[0][0] == "true"
     index = KNNIndex.build([MCQItem(id="t", question="heart?", options=["a", "b"], answer=0)],
                            embeddings.Embedder())  # kNN few-shot retrieval
-    assert index.embeddings.tolist() == [[1.0, 0.0]] and len(loads) == 3  # verifier: refs + facts; knn: 1
+    # each embedder fetches its model once and keeps it: one for the verifier (refs + facts), one for kNN
+    assert index.embeddings.tolist() == [[1.0, 0.0]] and len(loads) == 2
 
 
 # ------------------------------------------------------------------------------- results and metric CIs

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meditune.cost import count_tokens
 from meditune.generation.sampling import truncate_at_stop
 from meditune.letters import parse_choice
 
@@ -79,6 +80,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_ne
                 text, stopped = truncate_at_stop(raw, stop)
                 finish = "stop" if stopped or len(new) < max_new_tokens else "length"
                 outs[i] = GenOut(text, len(seqs[r]), len(new), finish, len(encoded[i]) - len(seqs[r]))
+                count_tokens("generated", len(new))
             if progress:
                 progress(len(idx))
     return outs  # type: ignore[return-value]

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meditune.chat import render_chat
+from meditune.cost import count_tokens
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest, SamplingParams
 from meditune.generation.kv_cache import preallocated_cache
-from meditune.generation.packed_linear import PackedLinears
+from meditune.generation.packed_linear import packed_linears_of
 from meditune.generation.sampling import check_request, sample_next, sample_seed, truncate_at_stop
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,11 @@ class TransformersBackend:
 
     def __init__(self, cfg: BackendConfig | None = None, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg or BackendConfig()
-        from meditune.models import load_model, set_pad_token
+        from meditune.models import load_shared_model, set_pad_token
 
-        if model is None:
-            model, tokenizer = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
-                                          trust_remote_code=self.cfg.trust_remote_code)
+        if model is None:  # backends on the same model (generators, judges) share one copy of the weights
+            model, tokenizer = load_shared_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
+                                                 trust_remote_code=self.cfg.trust_remote_code)
         self.model, self.tokenizer = model, tokenizer
         set_pad_token(self.tokenizer)  # a tokenizer passed in (tests, strategies) may come without one
         self.batch_size = max(1, self.cfg.batch_size)
@@ -65,7 +66,7 @@ class TransformersBackend:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.tokens_generated = 0  # running total, for progress bars
         self._keep_last = True
-        self.packed_linears = PackedLinears(model)  # enabled for float32 CPU models with MKL
+        self.packed_linears = packed_linears_of(model)  # float32 CPU models with MKL; one per model
 
     @property
     def label(self) -> str:
@@ -238,6 +239,7 @@ class TransformersBackend:
                     if r.finish is not None:
                         finished.append(r)
                 self.tokens_generated += len(rows)
+                count_tokens("generated", len(rows))
                 keep = [j for j, i in enumerate(live) if batch[i].finish is None]
                 if not keep:
                     yield finished

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meditune.chat import render_chat
+from meditune.cost import count_tokens
 from meditune.errors import ConfigError
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest
 from meditune.generation.sampling import check_request, truncate_at_stop
@@ -86,4 +87,5 @@ class VLLMBackend:
                 reason = "length" if c.finish_reason == "length" and not hit else "stop"
                 gens.append(Generation(req.id, c.index, req.prefill + text, n_prompt, len(c.token_ids), reason))
             results.append(gens)
+        count_tokens("generated", sum(g.completion_tokens for gens in results for g in gens))
         return results

@@ -176,6 +176,7 @@ def trainer_kwargs(cfg: TrainOptions, s: Settings, out_dir: Path, *, default_lr:
         fp16=False,
         use_cpu=dev == "cpu",
         logging_steps=cfg.logging_steps,
+        include_num_input_tokens_seen="non_padding",  # the stage's "tokens trained" (meditune.cost)
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=2,

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from meditune.stages import StageContext, stage_type
+from meditune.stages import StageContext, stage_type, upstream_count
 from meditune.training.cpt import CPTStageConfig, train_cpt
 from meditune.training.dpo import DPOStageConfig, train_dpo
 from meditune.training.idpo import IDPOStageConfig, train_idpo, train_multistage_dpo
@@ -34,7 +34,15 @@ def count_examples(data: str | list[str] | None) -> int | None:
 
 
 def estimate(cfg: Any, recipe: Any) -> dict[str, Any]:
-    """Optimizer steps and examples a training stage will run (per process, world size 1)."""
+    """Optimizer steps and examples a training stage will run (per process, world size 1); for data an earlier
+    stage will write, where it comes from."""
+    src = upstream_count(cfg.data)
+    if src is not None:
+        per = f"{cfg.epochs:g} epoch(s) at batch {cfg.batch_size}x{cfg.grad_accum}"
+        out: dict[str, Any] = {"examples": src, "steps": cfg.max_steps if cfg.max_steps > 0 else per}
+        if isinstance(cfg, (RSStageConfig, IDPOStageConfig)):
+            out["rounds"] = cfg.rounds
+        return out
     m = count_examples(cfg.data)
     if cfg.max_steps and cfg.max_steps > 0:
         steps: int | None = cfg.max_steps
@@ -43,7 +51,7 @@ def estimate(cfg: Any, recipe: Any) -> dict[str, Any]:
     else:
         train = m - (max(1, round(m * cfg.eval_fraction)) if cfg.eval_fraction and not cfg.eval_data else 0)
         steps = math.ceil(math.ceil(train / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
-    out: dict[str, Any] = {"steps": steps, "examples": m}
+    out = {"steps": steps, "examples": m}
     rounds = getattr(cfg, "rounds", None)
     if isinstance(cfg, (RSStageConfig, IDPOStageConfig)) and m is not None:
         per = cfg.k if isinstance(cfg, RSStageConfig) else cfg.n
