@@ -56,9 +56,14 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "stop" | "length" | "error"
+    # prompt tokens served from KV computed once for several rows (a shared prefix; OpenAI's cached_tokens): a
+    # cost of this run that depends on what else was batched with it, so it is not part of the saved record
+    cached_tokens: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["cached_tokens"]
+        return d
 
 
 @runtime_checkable
@@ -108,6 +113,7 @@ class BackendConfig(BaseModel):
     dtype: str = "auto"
     trust_remote_code: bool = False
     batch_size: int = 16
+    prefix_cache: bool = True  # transformers: compute a prefix shared by several prompts once per call
     # openai backend
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from files
