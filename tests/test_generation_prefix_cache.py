@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest, SamplingParams
-from meditune.generation.prefix_cache import PrefixKV, PrefixStore, common_prefix_len, plan_batch
+from meditune.generation.prefix_cache import PrefixKV, PrefixStore, call_shares, common_prefix_len, plan_batch
 
 EXEMPLARS = [("A 45-year-old man has crushing chest pain radiating to the left arm. Which test first?",
               "An ECG is fast and shows ST elevation. Answer: B"),
@@ -81,7 +81,8 @@ def test_split_prefill_logits_match_the_plain_prefill(backends):
     reqs = requests(max_new_tokens=4)
     rows = [_Row(i, 0, cached.prompt_ids(r), r.params, 4) for i, r in enumerate(reqs)]
     with torch.inference_mode():
-        plan = plan_batch([r.prompt for r in rows], PrefixStore())
+        prompts = [r.prompt for r in rows]
+        plan = plan_batch(prompts, call_shares(prompts), PrefixStore())
         assert plan is not None and plan.saved > 0 and plan.suffix < max(len(r.prompt) for r in rows)
         split, mask, pos, _ = cached._split_prefill(rows, plan, PrefixStore(), 4)
         plain = torch.cat([cached._forward(input_ids=torch.tensor([r.prompt])) for r in rows])
@@ -113,15 +114,20 @@ def test_prefixes_are_kept_across_calls_only_when_asked(backends):
 def test_plan_shares_the_longest_prefix_and_leaves_unrelated_rows_alone():
     shared = list(range(100, 140))
     prompts = [shared + [1, 2, 3], shared + [4, 5], list(range(500, 530)), shared[:20] + [9] * 10]
-    plan = plan_batch(prompts, PrefixStore())
+    plan = plan_batch(prompts, call_shares(prompts), PrefixStore())
     assert plan is not None
-    assert plan.prefix_len[:2] == [40, 40]  # the common 40 tokens, computed once
-    assert plan.prefix_len[3] == 20  # shares only the first 20 with the others: reuses a slice of their KV
-    assert plan.cached == [0, 40, 0, 20] or plan.cached == [40, 0, 0, 20]
-    assert plan.suffix == 10 and plan.prefix_len[2] == 20  # the unrelated row is split so that no row pads
-    assert [len(m.tokens) - m.base_len for m in plan.materialise] == [40, 20]
-    assert plan_batch([list(range(30)), list(range(1, 31))], PrefixStore()) is None  # nothing in common
-    assert plan_batch([list(range(8)) + [1], list(range(8)) + [2]], PrefixStore()) is None  # below MIN_SHARED
+    # suffix width 10: the first two pad 7 and 8 columns, the third computes its first 20 tokens on its own
+    assert plan.suffix == 10 and plan.prefix_len == [40, 40, 20, 20]
+    assert plan.cached == [0, 40, 0, 20]  # the 4th shares only the first 20: a slice of the first row's KV
+    assert [(len(m.tokens) - m.base_len, m.keep) for m in plan.materialise] == [(40, True), (20, False)]
+    assert plan.slots < plan.plain_slots
+    nothing = [list(range(30)), list(range(1, 31))]
+    assert plan_batch(nothing, call_shares(nothing), PrefixStore()) is None
+    short = [list(range(8)) + [1], list(range(8)) + [2]]  # 8 tokens in common: below MIN_SHARED
+    assert plan_batch(short, call_shares(short), PrefixStore()) is None
+    # a prefix shared with a prompt of another batch of the call is computed as such (and kept for it)
+    later = plan_batch(prompts[:1], [40], PrefixStore())
+    assert later is not None and later.prefix_len == [40] and later.materialise[0].keep
 
 
 def test_store_reuses_slices_and_stays_within_its_bound():
@@ -133,7 +139,7 @@ def test_store_reuses_slices_and_stays_within_its_bound():
 
     store = PrefixStore(max_bytes=kv(list(range(50))).nbytes * 2)
     store.add(kv(list(range(40))))
-    assert store.longest(list(range(30)) + [7]) [1] == 30
+    assert store.longest(list(range(30)) + [7])[1] == 30
     store.add(kv(list(range(20))))  # contained in a held prefix: not kept twice
     assert len(store.entries) == 1
     store.add(kv(list(range(45))))  # extends the held one: replaces it
@@ -141,8 +147,9 @@ def test_store_reuses_slices_and_stays_within_its_bound():
     store.add(kv(list(range(200, 250))))
     store.add(kv(list(range(300, 350))))  # over the bound: the least recently used goes
     assert store.bytes <= store.max_bytes and store.longest(list(range(45)))[1] == 0
-    plan = plan_batch([list(range(200, 250)) + [1], list(range(600, 700))], store)
-    assert plan is not None and plan.cached[0] == 50 and not plan.materialise[:0]
+    prompts = [list(range(200, 250)) + [1], list(range(600, 700))]
+    plan = plan_batch(prompts, call_shares(prompts), store)
+    assert plan is not None and plan.cached == [50, 0] and [m.keep for m in plan.materialise] == [False]
 
 
 def test_common_prefix_len():

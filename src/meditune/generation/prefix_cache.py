@@ -6,11 +6,13 @@ k-shot prompts share their shots across items, the n samples of a request share 
 then most of the work, and computing a shared prefix once removes it.
 
 How (one batch of rows, `plan_batch` then the backend's split prefill):
-  plan         each row's prefix length p = its longest common token prefix with another row of the batch or
-               with a prefix already computed in this call (the store), capped so that one token is left, and kept
-               only when >= MIN_SHARED tokens. Rows sharing nothing get p = len - S (S below) so that no row pads.
+  plan         each row's shared length = its longest common token prefix with another prompt of the call or with
+               a prefix already computed in this call (the store), capped so that one token is left, kept only when
+               >= MIN_SHARED tokens. The suffix width S is chosen to balance padding against forwards; a row's
+               prefix is its shared part, or len - S when its own part is longer than S.
   materialise  every distinct prefix that is not already held is run once, as one unpadded row, on top of the
-               longest held KV it extends (a held prefix's KV sliced to q tokens is the KV of its first q tokens).
+               longest held KV it extends (a held prefix's KV sliced to q tokens is the KV of its first q tokens),
+               and kept in the store when it starts with a shared part.
   assemble     the batch cache: row r's prefix KV right-aligned in a region of max(p) columns (zeros, masked,
                before it), then one forward of every row's suffix (the last len - p tokens, right-aligned in S
                columns: padding sits between prefix and suffix, masked) with position ids counted over the mask,
@@ -34,8 +36,10 @@ from typing import Any
 MIN_SHARED = 16  # shorter common prefixes (a chat template's first turn) are not worth a separate forward
 DEFAULT_STORE_BYTES = 256 << 20  # prefix KV kept across the batches of one call
 # The split path is taken when its token slots (prefixes computed + rows x suffix width) are at most this share of
-# the plain path's (distinct prompts x longest prompt): each materialised prefix costs a forward of its own.
+# the plain path's (distinct prompts x longest prompt), counting each forward as FORWARD_COST more tokens (a
+# forward's fixed cost and the lower efficiency of one-row products).
 SPLIT_GAIN = 0.8
+FORWARD_COST = 32
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -115,6 +119,7 @@ class Materialise:
     tokens: list[int]
     base: PrefixKV | Materialise | None = None
     base_len: int = 0
+    keep: bool = True  # worth holding in the store (it starts with a prefix other prompts share)
     result: PrefixKV | None = None
 
     def base_kv(self) -> PrefixKV | None:
@@ -130,8 +135,8 @@ class PrefixPlan:
     materialise: list[Materialise]  # in computing order (a base comes before what extends it)
     suffix: int  # S: the suffix columns of the second forward
     cached: list[int]  # per row: prompt tokens it did not compute (reused KV)
-    slots: int  # token slots the split path computes
-    plain_slots: int  # token slots of the plain padded prefill
+    slots: int  # token slots the split path computes (+ FORWARD_COST per forward)
+    plain_slots: int  # token slots of the plain padded prefill (+ FORWARD_COST)
 
     @property
     def saved(self) -> int:
@@ -154,24 +159,38 @@ def _best_source(tokens: Sequence[int], planned: list[Materialise],
     return best, best_len
 
 
-def plan_batch(prompts: Sequence[Sequence[int]], store: PrefixStore, *,
-               min_shared: int = MIN_SHARED) -> PrefixPlan | None:
-    """The split prefill of a batch, or None when no row shares a prefix worth reusing."""
-    n = len(prompts)
-    share = [0] * n  # longest common prefix with another row or a held prefix
-    order = sorted(range(n), key=lambda i: prompts[i])  # rows sharing a prefix end up adjacent
+def call_shares(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """Per prompt, the length of its longest common prefix with any other prompt (of one generate call)."""
+    share = [0] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])  # prompts sharing a prefix end up adjacent
     for a, b in zip(order, order[1:], strict=False):
         k = common_prefix_len(prompts[a], prompts[b])
         share[a], share[b] = max(share[a], k), max(share[b], k)
-    for i in range(n):
-        share[i] = max(share[i], store.longest(prompts[i])[1])
-    prefix = [min(s, len(p) - 1) if s >= min_shared else 0 for s, p in zip(share, prompts, strict=True)]
-    if not any(prefix):
+    return share
+
+
+def _suffix_width(unique: list[int]) -> int:
+    """S minimising padding + forwards: a row whose unique part is longer than S computes the excess as a prefix of
+    its own (one more forward), a shorter one is padded to S in the suffix forward."""
+    def cost(s: int) -> int:
+        return sum(s - u if u <= s else FORWARD_COST for u in unique)
+
+    return min(sorted(set(unique)), key=lambda s: (cost(s), s))
+
+
+def plan_batch(prompts: Sequence[Sequence[int]], shares: Sequence[int], store: PrefixStore, *,
+               min_shared: int = MIN_SHARED) -> PrefixPlan | None:
+    """The split prefill of a batch, or None when no row shares a prefix worth reusing.
+
+    `shares`: per row, its longest common prefix with another prompt of the call (`call_shares`), so that a prefix
+    shared with a row of a later batch is computed as such, kept in the store and found there."""
+    n = len(prompts)
+    share = [min(max(s, store.longest(p)[1]), len(p) - 1) for s, p in zip(shares, prompts, strict=True)]
+    share = [s if s >= min_shared else 0 for s in share]
+    if not any(share):
         return None
-    suffix = max(len(prompts[i]) - prefix[i] for i in range(n) if prefix[i])
-    for i in range(n):  # rows sharing nothing: split at len - S, so that the suffix forward pads no row
-        if not prefix[i]:
-            prefix[i] = max(0, len(prompts[i]) - suffix)
+    suffix = _suffix_width([len(p) - s for s, p in zip(share, prompts, strict=True)])
+    prefix = [max(s, len(p) - suffix) for s, p in zip(share, prompts, strict=True)]
 
     sources: list[PrefixKV | Materialise | None] = [None] * n
     cached = [0] * n
@@ -185,12 +204,13 @@ def plan_batch(prompts: Sequence[Sequence[int]], store: PrefixStore, *,
             sources[i], cached[i] = src, p
             continue
         base = src if src is not None and k >= min_shared else None
-        m = Materialise(list(prompts[i][:p]), base, k if base is not None else 0)
+        m = Materialise(list(prompts[i][:p]), base, k if base is not None else 0, keep=share[i] > 0)
         planned.append(m)
         sources[i], cached[i] = m, m.base_len
-    distinct = len({tuple(p) for p in prompts})
-    slots = sum(len(m.tokens) - m.base_len for m in planned) + n * suffix
-    return PrefixPlan(prefix, sources, planned, suffix, cached, slots, distinct * max(len(p) for p in prompts))
+    computed = sum(len(m.tokens) - m.base_len for m in planned)
+    slots = computed + n * suffix + FORWARD_COST * (len(planned) + 1)
+    plain = len({tuple(p) for p in prompts}) * max(len(p) for p in prompts) + FORWARD_COST
+    return PrefixPlan(prefix, sources, planned, suffix, cached, slots, plain)
 
 
 def keep_prefixes(backend: Any) -> AbstractContextManager[Any]:

@@ -33,6 +33,7 @@ from meditune.generation.prefix_cache import (
     PrefixKV,
     PrefixPlan,
     PrefixStore,
+    call_shares,
     plan_batch,
 )
 from meditune.generation.sampling import check_request, sample_next, sample_seed, truncate_at_stop
@@ -56,6 +57,7 @@ class _Row:
     out: list[int] = field(default_factory=list)
     finish: str | None = None
     cached: int = 0  # prompt tokens whose KV was reused, not computed for this row
+    share: int = 0  # longest common prefix with another prompt of the call
 
 
 class TransformersBackend:
@@ -168,6 +170,9 @@ class TransformersBackend:
         # Longest prompts first: padding stays small and an out-of-memory shows up in the first batch.
         rows.sort(key=lambda r: (-len(r.prompt), r.req, r.index))
         store = self._store if self._store is not None else PrefixStore(self.prefix_store_bytes)
+        if self.prefix_cache:
+            for r, share in zip(rows, call_shares([r.prompt for r in rows]), strict=True):
+                r.share = share
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
             for finished in self._batch_steps(batch, cancelled, store):
@@ -215,7 +220,8 @@ class TransformersBackend:
         are then copied per sample)."""
         import torch
 
-        plan = plan_batch([r.prompt for r in batch], store) if self.prefix_cache and store is not None else None
+        plan = plan_batch([r.prompt for r in batch], [r.share for r in batch], store) \
+            if self.prefix_cache and store is not None else None
         if plan is not None and plan.slots <= SPLIT_GAIN * plan.plain_slots:
             return self._split_prefill(batch, plan, store, capacity)
         dev = self.model.device
@@ -274,7 +280,8 @@ class TransformersBackend:
         dev = self.model.device
         for m in plan.materialise:
             m.result = self._materialise(m.tokens, m.base_kv(), m.base_len)
-            store.add(m.result)
+            if m.keep:
+                store.add(m.result)
         width, suffix, pad = max(plan.prefix_len), plan.suffix, self.tokenizer.pad_token_id
         kvs = [plan.kv_of(j) for j in range(len(batch))]
         cache = preallocated_cache(self.model.config, width + suffix + capacity)
