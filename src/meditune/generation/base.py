@@ -31,18 +31,23 @@ class GenerationRequest:
     """A chat (list of {role, content}) or, when `prompt` is set, a raw text prompt (no chat template).
 
     `prefill` (chat requests, local backends) is the start of the assistant's answer: the model continues it and
-    every Generation's text begins with it (e.g. the opening of a refusal, to collect the model's own wording)."""
+    every Generation's text begins with it (e.g. the opening of a refusal, to collect the model's own wording).
+    `prompt_ids`: the raw prompt already tokenised by the caller (e.g. left-truncated the way lm-eval does); local
+    backends feed these tokens, backends that take text send `prompt`."""
 
     id: str
     messages: list[dict[str, str]] = field(default_factory=list)
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     prefill: str = ""
+    prompt_ids: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {"id": self.id, "messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict()}
         if self.prefill:  # only when set, so cache keys of requests without one stay what they were
             d["prefill"] = self.prefill
+        if self.prompt_ids is not None:
+            d["prompt_ids"] = self.prompt_ids
         return d
 
 

@@ -108,9 +108,14 @@ class TransformersBackend:
         return render_chat(self.tokenizer, req.messages, system_prompt=self.cfg.system_prompt) + req.prefill
 
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
-        """Token ids of the prompt (raw prompts get the tokenizer's special tokens, templates bring their own)."""
+        """Token ids of the prompt: the request's own, else its text encoded (raw prompts get the tokenizer's special
+        tokens unless the text already starts with BOS, as lm-eval encodes; chat templates bring their own)."""
+        if req.prompt_ids is not None:
+            return list(req.prompt_ids)
         text = self.prompt_text(req)
-        return self.tokenizer(text, add_special_tokens=req.prompt is not None)["input_ids"]
+        bos = self.tokenizer.bos_token
+        special = req.prompt is not None and not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
         """All n samples of every request, in request order."""
