@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.errors import ConfigError, InputError
+from meditune.evaluation.generative import DEFAULT_STOP
 from meditune.evaluation.results import build_results, write_outputs
 from meditune.evaluation.strategies import StrategyContext, get_strategy
 from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY
@@ -53,6 +54,8 @@ class MCQAOptions(BaseModel):
                                          "on CPU, 32768 on GPU)")
     max_length: int | None = Field(None, ge=8, description="context window (default: the model's)")
     max_new_tokens: int = Field(32, ge=1, description="generative mode: tokens to generate")
+    stop: list[str] | None = Field(None, description="generative mode: stop strings (default: lm-eval's kormedmcqa "
+                                   "list without '.': Q:, </s>, <|im_end|>, a blank line)")
     device: str = Field("auto", description="cpu | cuda | auto")
     dtype: str = Field("auto", description="float32 | bfloat16 | auto")
     trust_remote_code: bool = Field(False, description="allow model code from the hub")
@@ -134,7 +137,7 @@ def _task_config(task: str, cfg: MCQAOptions, template: Template, mode: str,
         "fewshot_config": {"sampler": "first_n", "source": cfg.fewshot_data or "eval data minus the item"},
         "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
                         for m in _metric_names(cfg, mode, registered)],
-        **({"generation_kwargs": {"until": "see meditune.evaluation.generative.DEFAULT_STOP",
+        **({"generation_kwargs": {"until": list(DEFAULT_STOP if cfg.stop is None else cfg.stop),
                                   "do_sample": False, "max_gen_toks": cfg.max_new_tokens}} if generative else {}),
         "lm_eval_equivalent": registered.lm_eval if registered else template.lm_eval_task,
         "metadata": {"version": 1.0},

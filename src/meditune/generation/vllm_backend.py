@@ -74,7 +74,8 @@ class VLLMBackend:
             check_request(req)
         if not requests:
             return []
-        prompts = [self.prompt_text(r) for r in requests]
+        prompts = [{"prompt_token_ids": r.prompt_ids} if r.prompt_ids is not None else self.prompt_text(r)
+                   for r in requests]
         params = [self.sampling_params(r) for r in requests]
         extra = {"lora_request": self._lora} if self._lora is not None else {}
         outs = self.llm.generate(prompts, params, use_tqdm=False, **extra)

@@ -63,13 +63,14 @@ def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, 
     todo = [(i, it) for i, it in enumerate(ctx.items) if it.id not in shard.done]
     chunk = max(128, cfg.batch_size * 16)  # the resumable unit; batches are formed within a chunk
     t0, done = time.time(), len(ctx.items) - len(todo)
+    backend = ctx.backend() if mode == "generative" and todo else None  # one backend: its weight packing is reused
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         rendered = [builder.render(it, pick_shots(it, ctx.fewshot_items, cfg.shots)) for _, it in part]
         if mode == "loglik":
             samples = _score_loglik(ctx, model, tok, part, rendered)
         else:
-            samples = _score_generative(ctx, model, tok, part, rendered)
+            samples = _score_generative(ctx, backend, part, rendered)
         shard.add(samples)
         done += len(part)
         log.info("mcqa: %d/%d items (%.1f items/s)", done, len(ctx.items),
@@ -103,17 +104,18 @@ def _score_loglik(ctx: StrategyContext, model: Any, tok: Any, part: list[tuple[i
     return out
 
 
-def _score_generative(ctx: StrategyContext, model: Any, tok: Any, part: list[tuple[int, MCQItem]],
+def _score_generative(ctx: StrategyContext, backend: Any, part: list[tuple[int, MCQItem]],
                       rendered: list[Any]) -> list[dict[str, Any]]:
-    from meditune.evaluation.generative import extract_choice, generate_texts
+    from meditune.evaluation.generative import DEFAULT_STOP, extract_choice, generate_texts
 
-    outs = generate_texts(model, tok, [r.context for r in rendered], max_new_tokens=ctx.config.max_new_tokens,
-                          batch_size=ctx.config.batch_size, max_length=ctx.config.max_length)
+    cfg = ctx.config
+    outs = generate_texts(backend, [r.context for r in rendered], max_new_tokens=cfg.max_new_tokens,
+                          stop=DEFAULT_STOP if cfg.stop is None else cfg.stop, max_length=cfg.max_length)
     samples = []
     for (doc_id, item), r, o in zip(part, rendered, outs, strict=True):
         pred = extract_choice(o.text, len(item.options))
         samples.append(ctx.sample(item, doc_id, pred, {"exact_match": float(pred == item.answer)},
                                   prompt=r.context, response=o.text, parsed=pred is not None,
                                   completion_tokens=o.completion_tokens, finish_reason=o.finish_reason,
-                                  truncated_tokens=o.truncated_tokens))
+                                  truncated_tokens=o.truncated_tokens, cached_tokens=o.cached_tokens))
     return samples
