@@ -212,6 +212,21 @@ def _datacard_charts(stage: str, card: dict[str, Any]) -> list[str]:
     return out
 
 
+def _calibration_charts(s: StageInfo) -> list[str]:
+    """A reliability diagram per confidence source of an MCQA result (meditune.calibration)."""
+    med = (s.results or {}).get("meditune")
+    cal = med.get("calibration") if isinstance(med, dict) else None
+    if not isinstance(cal, dict):
+        return []
+    out = []
+    for source, res in cal.items():
+        if isinstance(res, dict) and isinstance(res.get("bins"), list):
+            e = (res.get("metrics") or {}).get("ece") or {}
+            sub = f"ECE {e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}], n={res.get('n')}" if e else ""
+            out.append(charts.reliability_diagram(f"{s.name}: reliability ({source})", res["bins"], subtitle=sub))
+    return out
+
+
 def section_plots(stages: list[StageInfo]) -> str:
     svgs = []
     for s in stages:
@@ -222,6 +237,7 @@ def section_plots(stages: list[StageInfo]) -> str:
         if isinstance(card, dict):
             svgs.extend(_datacard_charts(s.name, card))
         svgs.extend(_breakdown_charts(s))
+        svgs.extend(_calibration_charts(s))
     svgs = [x for x in svgs if x]
     return ("<h2>Plots</h2><div class='charts'>" + "".join(svgs) + "</div>") if svgs else ""
 
