@@ -132,12 +132,11 @@ def test_sft_trl_value_reaches_the_config(tmp_path, tiny_model_dir):
 
 
 def test_grpo_trl_value_reaches_the_trainer(tmp_path, tiny_model_dir):
-    from meditune.training.grpo import GRPOStageConfig, build_grpo_trainer, prompt_rows
-
     from meditune.recipe import Recipe
     from meditune.records import MCQItem
     from meditune.stages import StageContext
     from meditune.training.common import load_causal_lm, settings
+    from meditune.training.grpo import GRPOStageConfig, build_grpo_trainer, prompt_rows
     from meditune.training.outputs import CurvesCallback
 
     ctx = StageContext(tmp_path, tmp_path / "grpo", Recipe(name="t", model=str(tiny_model_dir)))

@@ -11,6 +11,7 @@ from typing import Any
 from meditune.io import iter_jsonl
 from meditune.report import charts
 from meditune.report.collect import StageInfo, load_json_output, paired_diffs, read_curves
+from meditune.report.curves import curve_charts
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#111827;background:#f9fafb}
@@ -230,9 +231,7 @@ def _calibration_charts(s: StageInfo) -> list[str]:
 def section_plots(stages: list[StageInfo]) -> str:
     svgs = []
     for s in stages:
-        curves = read_curves(s)
-        if curves:
-            svgs.append(charts.line_chart(f"{s.name}: training curves", curves, y_label="value"))
+        svgs.extend(curve_charts(s.name, read_curves(s)))
         card = load_json_output(s, "datacard")
         if isinstance(card, dict):
             svgs.extend(_datacard_charts(s.name, card))

@@ -176,3 +176,20 @@ def split_eval(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], 
         raise ConfigError(f"eval_fraction {fraction} leaves no training data from {len(rows)} rows")
     held = set(idx[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def count_examples(data: str | list[str] | None) -> int | None:
+    """Non-empty lines of JSONL data files (None when a source spec or not yet produced)."""
+    if data is None:
+        return 0
+    total = 0
+    for d in data if isinstance(data, list) else [data]:
+        p = Path(d)
+        if not p.is_file():
+            return None
+        with open(p, encoding="utf-8", errors="replace") as f:
+            if p.suffix == ".txt":
+                total += sum(1 for block in f.read().split("\n\n") if block.strip())
+            else:
+                total += sum(1 for line in f if line.strip())
+    return total
