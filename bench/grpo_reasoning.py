@@ -36,6 +36,7 @@ def overrides(a: argparse.Namespace) -> list[str]:
             f"cot_before.batch_size={a.gen_batch}", f"cot_after.batch_size={a.gen_batch}",
             f"rationales.max_new_tokens={a.tokens}", f"rationales.batch_size={a.gen_batch}",
             f"grpo.max_completion_length={a.tokens}", f"grpo.batch_size={a.grpo_batch}",
+            f"grpo.grad_accum={a.grad_accum}", f"grpo.max_steps={a.steps}",
             f"grpo.num_generations={a.generations}", f"grpo.learning_rate={a.lr}", "device=cpu"] + a.set
 
 
@@ -67,7 +68,9 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=80)
     ap.add_argument("--tokens", type=int, default=96, help="CoT / completion token budget")
     ap.add_argument("--generations", type=int, default=4)
-    ap.add_argument("--grpo-batch", type=int, default=16, help="completions per GRPO step")
+    ap.add_argument("--grpo-batch", type=int, default=4, help="completions per GRPO micro-batch")
+    ap.add_argument("--grad-accum", type=int, default=4, help="micro-batches per GRPO step (sampled together)")
+    ap.add_argument("--steps", type=int, default=10, help="GRPO optimizer steps (-1: one epoch)")
     ap.add_argument("--gen-batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--threads", type=int, default=1)

@@ -83,11 +83,13 @@ def test_config_checks_and_estimate(tmp_path):
     from meditune.training.grpo import GRPOStageConfig, estimate
 
     with pytest.raises(ConfigError, match="multiple of num_generations"):
-        parse_recipe({"name": "r", "stages": [{"name": "g", "type": "grpo", "data": "x", "batch_size": 6}]})
+        parse_recipe({"name": "r", "stages": [{"name": "g", "type": "grpo", "data": "x", "batch_size": 3}]})
     data = tmp_path / "mcq.jsonl"
     write_records(data, [MCQItem(id=f"q{i}", question="Q?", options=["a", "b"], answer=0) for i in range(10)])
-    cfg = GRPOStageConfig(name="g", type="grpo", data=str(data), batch_size=8, num_generations=4)
+    cfg = GRPOStageConfig(name="g", type="grpo", data=str(data), batch_size=8, grad_accum=1, num_generations=4)
     assert estimate(cfg, None) == {"steps": 5, "examples": 10, "generations": 40, "prompts_per_step": 2}
+    cfg = GRPOStageConfig(name="g", type="grpo", data=str(data))  # defaults: 4 x 2 completions, 4 per prompt
+    assert estimate(cfg, None)["steps"] == 5 and estimate(cfg, None)["prompts_per_step"] == 2
     cfg = GRPOStageConfig(name="g", type="grpo", data=str(data), batch_size=4, grad_accum=2, max_steps=3)
     assert estimate(cfg, None)["generations"] == 24
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class GRPOStageConfig(TrainOptions):
-    """Options of the `grpo` stage (data: MCQ items; batch_size counts completions, not prompts)."""
+    """Options of the `grpo` stage (data: MCQ items; batch_size counts completions per micro-batch, not prompts)."""
 
     trl_config: ClassVar[str] = "GRPOConfig"
 
@@ -55,7 +55,10 @@ class GRPOStageConfig(TrainOptions):
     beta: float = Field(0.04, ge=0.0)
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
-    batch_size: int = Field(8, ge=1)
+    # a step samples batch_size x grad_accum completions at once (TRL's generation batch) and trains on them in
+    # micro-batches of batch_size: activation memory grows with batch_size x (prompt + completion) tokens
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _groups_fit(self) -> GRPOStageConfig:
