@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +195,15 @@ def count_examples(data: str | list[str] | None) -> int | None:
             else:
                 total += sum(1 for line in f if line.strip())
     return total
+
+
+def planned_steps(cfg: Any, steps_per_epoch: Callable[[int], float]) -> tuple[int | None, int | None]:
+    """(examples in the data, optimizer steps): `max_steps` when set, else epochs x steps_per_epoch(training
+    examples left after the held-out split); steps None when the data cannot be counted yet."""
+    m = count_examples(cfg.data)
+    if cfg.max_steps and cfg.max_steps > 0:
+        return m, cfg.max_steps
+    if m is None:
+        return None, None
+    train = m - (max(1, round(m * cfg.eval_fraction)) if cfg.eval_fraction and not cfg.eval_data else 0)
+    return m, math.ceil(steps_per_epoch(train) * cfg.epochs)

@@ -30,7 +30,7 @@ from meditune.training.common import (
     settings,
     trainer_kwargs,
 )
-from meditune.training.data import count_examples, load_records, split_eval
+from meditune.training.data import load_records, planned_steps, split_eval
 from meditune.training.mcq_reasoning import DEFAULT_REWARDS, RewardSpec, reasoning_messages, reward_functions
 from meditune.training.outputs import CurvesCallback, is_main_process
 from meditune.training.runner import train_and_save
@@ -160,14 +160,7 @@ def train_grpo(cfg: GRPOStageConfig, ctx: StageContext) -> dict[str, str]:
 
 def estimate(cfg: GRPOStageConfig, recipe: Any) -> dict[str, Any]:
     """Optimizer steps, prompts and sampled completions (per process, world size 1)."""
-    m = count_examples(cfg.data)
     per_step = cfg.batch_size * cfg.grad_accum  # completions per optimizer step
-    if cfg.max_steps and cfg.max_steps > 0:
-        steps: int | None = cfg.max_steps
-    elif m is None:
-        steps = None
-    else:
-        train = m - (max(1, round(m * cfg.eval_fraction)) if cfg.eval_fraction and not cfg.eval_data else 0)
-        steps = math.ceil(train * cfg.num_generations / per_step * cfg.epochs)
+    m, steps = planned_steps(cfg, lambda n: n * cfg.num_generations / per_step)
     return {"steps": steps, "examples": m, "generations": steps * per_step if steps is not None else None,
             "prompts_per_step": per_step // cfg.num_generations}

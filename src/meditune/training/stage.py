@@ -7,7 +7,7 @@ from typing import Any
 
 from meditune.stages import StageContext, stage_type
 from meditune.training.cpt import CPTStageConfig, train_cpt
-from meditune.training.data import count_examples
+from meditune.training.data import planned_steps
 from meditune.training.dpo import DPOStageConfig, train_dpo
 from meditune.training.grpo import GRPOStageConfig, train_grpo
 from meditune.training.grpo import estimate as grpo_estimate
@@ -22,14 +22,7 @@ from meditune.training.sft import SFTStageConfig, train_sft
 
 def estimate(cfg: Any, recipe: Any) -> dict[str, Any]:
     """Optimizer steps and examples a training stage will run (per process, world size 1)."""
-    m = count_examples(cfg.data)
-    if cfg.max_steps and cfg.max_steps > 0:
-        steps: int | None = cfg.max_steps
-    elif m is None:
-        steps = None
-    else:
-        train = m - (max(1, round(m * cfg.eval_fraction)) if cfg.eval_fraction and not cfg.eval_data else 0)
-        steps = math.ceil(math.ceil(train / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
+    m, steps = planned_steps(cfg, lambda n: math.ceil(n / cfg.batch_size) / cfg.grad_accum)
     out: dict[str, Any] = {"steps": steps, "examples": m}
     rounds = getattr(cfg, "rounds", None)
     if isinstance(cfg, (RSStageConfig, IDPOStageConfig)) and m is not None:
