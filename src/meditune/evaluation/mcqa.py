@@ -11,13 +11,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.errors import ConfigError, InputError
+from meditune.evaluation.calibration import add_to_results, mcqa_calibration
 from meditune.evaluation.generative import DEFAULT_STOP
 from meditune.evaluation.results import build_results, write_outputs
 from meditune.evaluation.strategies import StrategyContext, get_strategy
 from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY
 from meditune.evaluation.tasks import Task, get_task
 from meditune.io import iter_jsonl
-from meditune.prompts import Template, get_template
+from meditune.prompts import Template, choice_strings, get_template
 from meditune.records import MCQItem, read_records
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,11 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
     results = build_results(task, samples, task_config=_task_config(task, cfg, template, mode, registered),
                             run_config=run_config, protocol=protocol, n_original=n_original,
                             num_fewshot=cfg.shots, extra=extra, seed=cfg.seed, started=started)
+    choices = cfg.choices or template.choices
+    chars = None
+    if mode == "loglik" and (registered is None or "acc_norm" in registered.metrics):  # calibrate what is reported
+        chars = [[len(c) for c in choice_strings(it, choices)] for it in items]
+    add_to_results(results, task, mcqa_calibration(samples, [len(it.options) for it in items], chars))
     paths = write_outputs(out, results, samples)
     (out / PARTIAL).unlink(missing_ok=True)  # finished: the shard is now in samples.jsonl
     (out / PARTIAL_KEY).unlink(missing_ok=True)

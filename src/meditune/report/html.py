@@ -12,6 +12,7 @@ from meditune.cost import total_cost
 from meditune.io import iter_jsonl
 from meditune.report import charts
 from meditune.report.collect import StageInfo, load_json_output, paired_diffs, read_curves
+from meditune.report.curves import curve_charts
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#111827;background:#f9fafb}
@@ -247,16 +248,30 @@ def _datacard_charts(stage: str, card: dict[str, Any]) -> list[str]:
     return out
 
 
+def _calibration_charts(s: StageInfo) -> list[str]:
+    """A reliability diagram per confidence source of an MCQA result (meditune.calibration)."""
+    med = (s.results or {}).get("meditune")
+    cal = med.get("calibration") if isinstance(med, dict) else None
+    if not isinstance(cal, dict):
+        return []
+    out = []
+    for source, res in cal.items():
+        if isinstance(res, dict) and isinstance(res.get("bins"), list):
+            e = (res.get("metrics") or {}).get("ece") or {}
+            sub = f"ECE {e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}], n={res.get('n')}" if e else ""
+            out.append(charts.reliability_diagram(f"{s.name}: reliability ({source})", res["bins"], subtitle=sub))
+    return out
+
+
 def section_plots(stages: list[StageInfo]) -> str:
     svgs = []
     for s in stages:
-        curves = read_curves(s)
-        if curves:
-            svgs.append(charts.line_chart(f"{s.name}: training curves", curves, y_label="value"))
+        svgs.extend(curve_charts(s.name, read_curves(s)))
         card = load_json_output(s, "datacard")
         if isinstance(card, dict):
             svgs.extend(_datacard_charts(s.name, card))
         svgs.extend(_breakdown_charts(s))
+        svgs.extend(_calibration_charts(s))
     svgs = [x for x in svgs if x]
     return ("<h2>Plots</h2><div class='charts'>" + "".join(svgs) + "</div>") if svgs else ""
 
