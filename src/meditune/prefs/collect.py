@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
 from meditune.prefs.questions import Question, question_text, reference_answer
+from meditune.prompts import TEMPLATES
 from meditune.scoring.dahl import DAHL_INSTRUCTION, DAHL_SAMPLING
 from meditune.scoring.registry import BackendFactory
 from meditune.shards import Shard
@@ -80,6 +81,17 @@ class CollectSettings(BaseModel):
     max_new_tokens: int = DAHL_SAMPLING.max_new_tokens
     samples: int = Field(1, ge=1)
     chunk_size: int = Field(64, ge=1, description="requests per backend call (and per append to disk)")
+    # How an MCQ question is written in the generators' prompts and the pair prompts: a meditune.prompts template
+    # name. `cot` is the CoT strategies' prompt (instruction included; set instruction: ""), so pairs are built
+    # on exactly the prompt `eval_mcqa --strategy cot` asks.
+    question_template: str = "prefs_question"
+
+    @field_validator("question_template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        if v not in TEMPLATES:
+            raise ValueError(f"unknown template {v!r}; one of {', '.join(TEMPLATES)}")
+        return v
 
 
 def build_messages(question: str, instruction: str, placement: str) -> list[dict[str, str]]:
@@ -126,6 +138,8 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
             identity["prefill"] = gen.prefill
         if gen.answers != "all":
             identity["answers"] = gen.answers
+        if settings.question_template != "prefs_question":
+            identity["question_template"] = settings.question_template
         # answers of an earlier (killed) run, refused when written under another configuration
         shard = Shard(out_dir / f"{label}.jsonl", identity_path=out_dir / f"{label}.config.json", identity=identity,
                       on_mismatch="refuse")
@@ -142,7 +156,7 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
             backend = backends(gen.backend_config())
             for start in range(0, len(todo), settings.chunk_size):
                 chunk = todo[start:start + settings.chunk_size]
-                reqs = [GenerationRequest(it.id, build_messages(question_text(it), instruction,
+                reqs = [GenerationRequest(it.id, build_messages(question_text(it, settings.question_template), instruction,
                                                                 settings.instruction_placement), params,
                                           prefill=gen.prefill_for(position[it.id]))
                         for it in chunk]
