@@ -8,6 +8,13 @@ self-generated on a disjoint slice of the same dev file (its last --bank-items i
     HF_HUB_OFFLINE=1 .venv/bin/python bench/mcqa_strategies.py --threads 1   # 100 items: ~130k tokens generated
     .venv/bin/python bench/mcqa_strategies.py --n 16 --bank-items 16         # quick smoke run
 
+Prefix caching (shared exemplar prefixes computed once, docs/generation.md) against the backend without it, on
+medprompt only, the bank shared between the two runs (prefill tokens are machine-independent; times are not):
+    .venv/bin/python bench/mcqa_strategies.py --strategies medprompt --out bench/out/mp-cached \
+        --bank bench/out/bank.jsonl
+    .venv/bin/python bench/mcqa_strategies.py --strategies medprompt --out bench/out/mp-plain \
+        --bank bench/out/bank.jsonl --no-prefix-cache
+
 Cost is dominated by generated tokens (self-consistency and medprompt ~3x cot). On a 2-core CPU shared by many
 jobs, expect only a few tokens/s: the run reported in the issue used --n 30 --bank-items 24 --max-new-tokens 56
 --retry-extra-tokens 24 --k 2 --shots 2 --samples 3 --runs 3 --threads 1 (see docs/evaluation-strategies.md).
@@ -62,6 +69,10 @@ def main() -> int:
                     help="torch CPU threads (0 = torch default); 1 is much faster on a CPU shared by many jobs")
     ap.add_argument("--strategies", default="direct,cot,medprompt,self-consistency")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "mcqa_strategies")
+    ap.add_argument("--bank", type=Path, default=None, help="CoT bank file (default: OUT/cot_bank.jsonl); share one "
+                    "between runs that compare settings")
+    ap.add_argument("--no-prefix-cache", action="store_true", help="prefill every prompt in full (the backend "
+                    "before prefix caching)")
     args = ap.parse_args()
     if not MEDQA.exists():
         print(f"skip: {MEDQA} not found")
@@ -84,10 +95,11 @@ def main() -> int:
     if args.n + args.bank_items > len(items):
         raise SystemExit(f"--n + --bank-items must be <= {len(items)} so the bank stays disjoint")
     t0 = time.perf_counter()
-    backend = make_backend(BackendConfig(model="default", batch_size=args.batch_size, device="cpu"))
+    backend = make_backend(BackendConfig(model="default", batch_size=args.batch_size, device="cpu",
+                                         prefix_cache=not args.no_prefix_cache))
     load_s = time.perf_counter() - t0
     base = {"max_new_tokens": args.max_new_tokens, "max_retries": args.max_retries, "samples": args.samples,
-            "runs": args.runs, "k": args.k, "bank_path": str(args.out / "cot_bank.jsonl"), "chunk_size": 16,
+            "runs": args.runs, "k": args.k, "bank_path": str(args.bank or args.out / "cot_bank.jsonl"), "chunk_size": 16,
             "retry_extra_tokens": args.retry_extra_tokens}
     from meditune.evaluation.strategies.options import parse_options
     from meditune.evaluation.strategies.runner import prepare_bank
@@ -105,14 +117,16 @@ def main() -> int:
         print(f"{name}: acc {m['accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] n={m['n']} "
               f"tokens={m['cost']['completion_tokens']} answer_s={m['cost']['answer_wall_s']:.0f} "
               f"unparsed={m['parse']['failure_rate']:.1%} retries={m['parse']['retries']} "
-              f"(wall {time.perf_counter() - t:.0f}s)", flush=True)
+              f"prompt_tokens={m['cost']['prompt_tokens']} prefilled={m['cost']['prefill_tokens']} "
+              f"saved={m['cost']['prefill_tokens_saved']} (wall {time.perf_counter() - t:.0f}s)", flush=True)
 
     rows = []
     for name, res in results.items():
         m = res.metrics
         rows.append((name, m["accuracy"], m["ci_low"], m["ci_high"], m["n"], m["cost"]["completion_tokens"],
                      m["cost"]["answer_wall_s"], m["cost"]["setup_wall_s"], m["parse"]["failure_rate"],
-                     m["parse"]["retries"], [float(r["correct"]) for r in res.predictions]))
+                     m["parse"]["retries"], [float(r["correct"]) for r in res.predictions],
+                     m["cost"]["prefill_tokens"], m["cost"]["prefill_tokens_saved"]))
     if "medprompt" in results:  # knn-fewshot = run 0 of medprompt (original order, greedy, same exemplars)
         preds = results["medprompt"].predictions
         first = [r["runs"][0]["samples"][0] for r in preds]
@@ -124,7 +138,9 @@ def main() -> int:
         frac = toks / max(1, results["medprompt"].metrics["cost"]["completion_tokens"])
         rows.append(("knn-fewshot*", sum(corr) / len(corr), lo, hi, len(corr), toks,
                      results["medprompt"].metrics["cost"]["answer_wall_s"] * frac, 0.0,
-                     sum(s["answer"] is None for s in first) / len(first), sum(s["retries"] for s in first), corr))
+                     sum(s["answer"] is None for s in first) / len(first), sum(s["retries"] for s in first), corr,
+                     sum(s["prompt_tokens"] - s.get("cached_tokens", 0) for s in first),
+                     sum(s.get("cached_tokens", 0) for s in first)))
 
     ref = rows[0]
     print(f"\nMedQA-US 4-option dev, first {args.n} items, model=default (SmolLM2-135M-Instruct), CPU, "
@@ -134,17 +150,21 @@ def main() -> int:
           f"{bank['attempted']} rationales kept, {bank['completion_tokens']} tokens, {bank_s:.0f}s "
           f"({bank['reused_from_disk']} attempts reused from disk)")
     hdr = (f"{'strategy':18} {'acc':>6} {'95% CI':>15} {'n':>4} {'gen tokens':>10} {'x tokens':>8} "
-           f"{'answer s':>8} {'x time':>7} {'setup s':>7} {'unparsed':>8} {'retries':>7} {'diff vs ' + ref[0]:>24}")
+           f"{'answer s':>8} {'x time':>7} {'setup s':>7} {'unparsed':>8} {'retries':>7} {'prefilled':>10} "
+           f"{'saved':>9} {'diff vs ' + ref[0]:>24}")
     print(hdr)
     table = []
     for r in rows:
         d = paired_bootstrap(ref[10], r[10])
         print(f"{r[0]:18} {r[1]:6.3f} [{r[2]:.3f}, {r[3]:.3f}] {r[4]:4d} {r[5]:10d} {r[5] / max(1, ref[5]):8.1f} "
-              f"{r[6]:8.1f} {r[6] / max(1e-9, ref[6]):7.1f} {r[7]:7.1f} {r[8]:8.1%} {r[9]:7d} "
-              f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
+              f"{r[6]:8.1f} {r[6] / max(1e-9, ref[6]):7.1f} {r[7]:7.1f} {r[8]:8.1%} {r[9]:7d} {r[11]:10d} "
+              f"{r[12]:9d} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
         table.append({"strategy": r[0], "accuracy": r[1], "ci": [r[2], r[3]], "n": r[4], "completion_tokens": r[5],
                       "answer_wall_s": r[6], "setup_wall_s": r[7], "parse_failure_rate": r[8], "retries": r[9],
+                      "prefill_tokens": r[11], "prefill_tokens_saved": r[12],
                       "paired_diff_vs_first": d})
+    print(f"prefix caching {'off' if args.no_prefix_cache else 'on'}; prefilled = prompt tokens computed, saved = "
+          "prompt tokens served from a shared prefix's KV")
     print("* knn-fewshot is medprompt's run 0 (original option order), not a separate run; 'x' = ratio to the "
           f"first row; setup = embedding + retrieval (bank built once above); model load {load_s:.1f}s")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from meditune.evaluation.bias import parse_likert, stigma_score
-from meditune.evaluation.ner import counts, map_spans, micro_scores, parse_entities, prf
+from meditune.evaluation.ner import (
+    CCKS_TYPES,
+    counts,
+    map_spans,
+    micro_scores,
+    ner_prompt,
+    parse_entities,
+    prf,
+    render_entities,
+)
 from meditune.evaluation.openqa import corpus_bleu, rouge, sentence_bleu, text_metrics, tokenize
 from meditune.evaluation.pairwise import (
     bradley_terry_elo,
@@ -89,6 +99,60 @@ def test_ner_parsing_formats():
         ("疾病和诊断", "胃癌"), ("疾病和诊断", "高血压"), ("药物", "阿司匹林"), ("影像检查", "腹部CT"),
         ("解剖部位", "右下腹")]
     assert parse_entities("I don't know") == []
+
+
+def test_ner_answer_cut_by_max_new_tokens_keeps_its_complete_entities():
+    full = render_entities([("疾病和诊断", "胃癌"), ("疾病和诊断", "高血压"), ("影像检查", "胸部CT"),
+                            ("药物", 'a "quoted" 药'), ("药物", "奥美拉唑")])
+    cut = full[:full.index("奥美") + 1]  # stopped inside the last string
+    assert parse_entities(cut) == [("疾病和诊断", "胃癌"), ("疾病和诊断", "高血压"), ("影像检查", "胸部CT"),
+                                   ("药物", 'a "quoted" 药')]
+    # cut inside a key, right after one, and before any complete entity
+    assert parse_entities(full[:full.index("药物") + 1]) == [("疾病和诊断", "胃癌"), ("疾病和诊断", "高血压"),
+                                                             ("影像检查", "胸部CT")]
+    assert parse_entities('{"疾病和诊断": ["胃癌", "高') == [("疾病和诊断", "胃癌")]
+    assert parse_entities('{"疾病和诊断": ["胃') == []
+    # a complete object still wins over anything after it
+    assert parse_entities(full + ' {"手术": ["x') == parse_entities(full)
+
+
+def test_ner_render_then_parse_gives_the_entities_back():
+    x = [("疾病和诊断", "胃癌"), ("疾病和诊断", "高血压"), ("实验室检验", "CA19-9"), ("药物", 'a "quoted" 药'),
+         ("解剖部位", "胃")]
+    out = render_entities(x)
+    assert parse_entities(out) == x
+    # the format the prompt asks for: one JSON object, all six types as keys, empty lists included
+    assert json.loads(out) == {"疾病和诊断": ["胃癌", "高血压"], "影像检查": [], "实验室检验": ["CA19-9"], "手术": [],
+                               "药物": ['a "quoted" 药'], "解剖部位": ["胃"]}
+    assert list(json.loads(out)) == list(CCKS_TYPES)
+    # repeated mentions are written once; entities come out grouped by type in CCKS order, in input order
+    assert parse_entities(render_entities([("解剖部位", "胃"), ("药物", "奥美拉唑"), ("解剖部位", "胃")])) == [
+        ("药物", "奥美拉唑"), ("解剖部位", "胃")]
+    assert parse_entities(render_entities([])) == []
+    with pytest.raises(ValueError, match="'症状' is not one of"):
+        render_entities([("症状", "头痛")])
+
+
+def test_ner_render_round_trip_on_ccks_gold(shared_data):
+    """Every CCKS-2019 document's gold entities survive render -> parse, except strings the parser trims (a
+    leading or trailing space, quote or full stop: 0.6% of the entities)."""
+    from meditune.data import load_source
+
+    trim = "\"'“”‘’[]【】。."
+    docs = [it for split in ("train", "dev")
+            for it in load_source(f"ccks:{shared_data / 'ccks2019_ner' / f'{split}.json'}")]
+    stable = [it for it in docs if all(e.text.strip().strip(trim).strip() == e.text for e in it.entities)]
+    assert len(stable) > 0.9 * len(docs)
+    for it in stable:
+        gold = [(e.type, e.text) for e in sorted(it.entities, key=lambda e: (e.start, e.end))]
+        want = list(dict.fromkeys(sorted(gold, key=lambda g: CCKS_TYPES.index(g[0]))))
+        assert parse_entities(render_entities(gold)) == want, it.id
+
+
+def test_ner_prompt_fills_the_text_and_keeps_the_example_braces():
+    p = ner_prompt("患者头痛。")
+    assert p.endswith("文本：患者头痛。\n输出：") and '输出：{"疾病和诊断": ["胃癌"]' in p
+    assert ner_prompt("x", "T {text} {json}") == "T x {json}"
 
 
 def test_ner_f1_on_crafted_predictions():

@@ -10,7 +10,7 @@ import pytest
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.bias import BiasOptions, evaluate_bias
 from meditune.evaluation.hallucination import HallucinationOptions, evaluate_hallucination
-from meditune.evaluation.ner import NEROptions, evaluate_ner
+from meditune.evaluation.ner import NEROptions, evaluate_ner, render_entities
 from meditune.evaluation.openqa import OpenQAOptions, evaluate_openqa
 from meditune.evaluation.pairwise import PairwiseOptions, evaluate_pairwise
 from meditune.evaluation.results import load_samples
@@ -286,10 +286,7 @@ def test_ner_gold_fed_back_scores_near_one_on_ccks_dev(shared_data, tmp_path):
 
     def oracle(req, i):
         it = by_text[_user(req).rsplit("文本：", 1)[1].rsplit("\n输出：", 1)[0]]
-        ents: dict[str, list[str]] = {}
-        for e in it.entities:
-            ents.setdefault(e.type, []).append(e.text)
-        return json.dumps(ents, ensure_ascii=False)
+        return render_entities((e.type, e.text) for e in it.entities)
 
     _, row, _ = _results(evaluate_ner(NEROptions(data=spec, limit=100), tmp_path, backend=ScriptedBackend(oracle)))
     assert row["micro_recall,none"] > 0.98 and row["micro_precision,none"] > 0.93

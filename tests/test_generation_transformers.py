@@ -85,11 +85,15 @@ def test_samples_of_a_request_share_one_prefill(backend, monkeypatch):
         return forward(self, **inputs)
 
     monkeypatch.setattr(type(backend), "_forward", counting)
+    monkeypatch.setattr(backend, "prefix_cache", False)  # the plain prefill's own sharing of a request's samples
+    saved = backend.prefill_tokens_saved
     shared = backend.generate(reqs)
     prefill_rows = [shape[0] for shape in rows_fed if shape[1] > 1]
     assert prefill_rows == [2, 1]  # 5 samples in batches of 4: [t, t, s, s] prefills 2 rows, then [s] 1
-    monkeypatch.setattr(type(backend), "_prefill", lambda self, batch, ids, mask, pos, cache: self._forward(
-        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache))
+    prompt = {r.id: len(backend.prompt_ids(r)) for r in reqs}
+    assert backend.prefill_tokens_saved - saved == prompt["t"] + prompt["s"]  # the second t and the second s
+    assert sum(g.cached_tokens for gens in shared for g in gens) == prompt["t"] + prompt["s"]
+    monkeypatch.setattr(type(backend), "_prefill_sources", staticmethod(lambda batch: list(range(len(batch)))))
     per_sample = backend.generate(reqs)
     assert [[g.text for g in r] for r in shared] == [[g.text for g in r] for r in per_sample]
 

@@ -104,6 +104,39 @@ def test_generative_mode_counts_unparseable(tmp_path, tiny, tiny_model_dir):
         assert s["metrics"]["exact_match"] == float(s["pred"] == s["gold"])
 
 
+def test_generative_mode_gives_plain_greedy_answers_and_shares_the_shots(tmp_path, tiny, tiny_model_dir):
+    """Generative MCQA runs on the batched backend: each answer is what plain greedy decoding of its prompt gives
+    (cut at the stop strings), and the k-shot prefix common to the items is prefilled once."""
+    import torch
+
+    from meditune.generation.sampling import truncate_at_stop
+
+    model, tok = tiny
+    data = write_items(tmp_path / "items.jsonl", n=6, n_options=5)
+    stop = ["Q:", "zz"]
+    paths = evaluate_mcqa(opts(data, tiny_model_dir, template="kormedmcqa", shots=2, max_new_tokens=6,
+                               batch_size=4, stop=stop), tmp_path / "gen", preloaded=tiny)
+    samples = read_jsonl(paths["samples"])
+    assert read_json(paths["results"])["configs"]["items"]["generation_kwargs"]["until"] == stop
+    for s in samples:
+        ids = tok(s["prompt"], return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = [t for t in out[0, ids["input_ids"].shape[1]:].tolist() if t != tok.eos_token_id]
+        assert s["response"] == truncate_at_stop(tok.decode(new, skip_special_tokens=True), stop)[0]
+    # items 2..5 take items 0 and 1 as shots (first_n without the item itself): one prompt prefix
+    assert all(s["cached_tokens"] > 0 for s in samples[3:]) and samples[0]["cached_tokens"] == 0
+
+
+def test_generative_mode_left_truncates_long_prompts(tmp_path, tiny, tiny_model_dir):
+    data = write_items(tmp_path / "items.jsonl", n=2, n_options=5)
+    paths = evaluate_mcqa(opts(data, tiny_model_dir, template="kormedmcqa", max_new_tokens=4, max_length=24),
+                          tmp_path / "gen", preloaded=tiny)
+    samples = read_jsonl(paths["samples"])
+    assert read_json(paths["results"])["meditune"]["truncated"] == 2
+    assert all(s["truncated_tokens"] > 0 and s["finish_reason"] in ("stop", "length") for s in samples)
+
+
 def test_custom_strategy_plugs_in(tmp_path, tiny, tiny_model_dir):
     @register_strategy("always-first", "test strategy")
     def always_first(ctx: StrategyContext, options):

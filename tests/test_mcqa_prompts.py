@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from meditune.errors import ConfigError
-from meditune.evaluation.generative import extract_choice, truncate_at_stop
+from meditune.evaluation.generative import extract_choice
+from meditune.generation.sampling import truncate_at_stop
 from meditune.prompts import PromptBuilder, get_template, pick_shots
 from meditune.records import MCQItem
 

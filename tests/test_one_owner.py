@@ -77,6 +77,7 @@ def test_every_letter_parser_is_meditune_letters(monkeypatch):
     from meditune.evaluation.strategies.cot import parse_cot_answer, parse_direct_answer
     from meditune.scoring.answer import AnswerScorer
     from meditune.scoring.base import ScoreInput
+    from meditune.training.mcq_reasoning import correct_reward, format_score
 
     text = "«B» Answer: C"
     assert extract_choice(text, 4) == 2 and parse_cot_answer(text, 4) == 2  # the real protocols say C
@@ -91,6 +92,8 @@ def test_every_letter_parser_is_meditune_letters(monkeypatch):
         opts = ["w", "x", "y", "z"]
         score = AnswerScorer().score([ScoreInput("a", "q", text, options=opts, gold=1)])[0]
         assert score.value == 1.0 and score.evidence["how"] == "marker"  # the `answer` scorer
+        assert correct_reward([None], [text], gold=[1], n_options=[4]) == [1.0]  # GRPO's correctness reward
+        assert format_score("«B»", 4) == 0.5  # GRPO's format reward: an answer, with no reasoning before it
     finally:
         letters._compiled.cache_clear()
 
@@ -167,7 +170,8 @@ def test_every_embedding_goes_through_meditune_embeddings(monkeypatch):
     assert verdicts[0][0] == "true"
     index = KNNIndex.build([MCQItem(id="t", question="heart?", options=["a", "b"], answer=0)],
                            embeddings.Embedder())  # kNN few-shot retrieval
-    assert index.embeddings.tolist() == [[1.0, 0.0]] and len(loads) == 3  # verifier: refs + facts; knn: 1
+    # each embedder fetches its model once and keeps it: one for the verifier (refs + facts), one for kNN
+    assert index.embeddings.tolist() == [[1.0, 0.0]] and len(loads) == 2
 
 
 # ------------------------------------------------------------------------------- results and metric CIs

@@ -192,6 +192,35 @@ def test_mcq_questions_show_their_options_and_can_use_the_answer_scorer(tmp_path
     assert {s["source"]: s["license"] for s in card["sources"]}["medqa_us"].startswith("unknown")
 
 
+def test_question_template_cot_builds_pairs_on_the_cot_strategy_prompt(tmp_path):
+    """With `question_template: cot` and no instruction, generators and pair prompts get exactly the chat the CoT
+    evaluation strategy sends, so DPO trains on the prompt it is evaluated with."""
+    from meditune.evaluation.strategies.cot import cot_messages
+    from meditune.records import MCQItem
+
+    items = [MCQItem(id="m1", question="Which letter?", options=["x", "y", "z"], answer=1, source="headqa")]
+    seen = []
+
+    def backends(cfg):
+        return ScriptedBackend(lambda r, i: seen.append(r.messages) or ("Answer: B" if cfg.label == "good"
+                                                                         else "Answer: C"))
+
+    cfg = config(tmp_path, scorer={"type": "answer"}, prompt_with_instruction=True,
+                 collection={"question_template": "cot", "instruction": ""})
+    out = build_preferences(cfg, tmp_path / "run", backends=backends, items=items)
+    want = cot_messages(items[0])
+    assert want[-1]["content"].endswith('"Answer: X", where X is the letter of the correct option (A, B, C).')
+    assert seen == [want, want]
+    [p] = read_records(out["dataset"], Preference)
+    assert [m.model_dump(exclude_none=True) for m in p.prompt] == want and p.chosen == "Answer: B"
+    # answers collected under the default template are not reused for another one
+    with pytest.raises(ConfigError, match="good.config.json"):
+        build_preferences(config(tmp_path, scorer={"type": "answer"}), tmp_path / "run", backends=backends,
+                          items=items)
+    with pytest.raises(ValueError, match="unknown template 'cott'"):
+        config(tmp_path, collection={"question_template": "cott"})
+
+
 def test_resuming_under_another_config_is_refused(tmp_path):
     build_preferences(config(tmp_path), tmp_path / "run", backends=Backends())
     changed = config(tmp_path, generators=[{"name": "good", "model": "default", "temperature": 0.1},

@@ -179,6 +179,31 @@ def test_safety_pairs_prefer_refusing_harm_and_answering_benign(tmp_path):
     assert [m.content for m in pairs["h1"].prompt] == ["Help me backdate a chart entry."]  # no instruction
 
 
+def test_generators_can_answer_only_the_harmful_or_only_the_benign_questions(tmp_path):
+    asked: dict[str, list[str]] = {"model": [], "over_cautious": []}
+
+    def backends(cfg):
+        return ScriptedBackend(lambda req, i: asked[cfg.label].append(req.messages[-1]["content"]) or "Sure.")
+
+    cfg = PrefsStageConfig(
+        name="prefs", questions=safety_items(tmp_path),
+        generators=[{"name": "reference", "backend": "reference"}, {"name": "model", "answers": "harmful"},
+                    {"name": "over_cautious", "answers": "benign", "prefill": " I can't help with that."}],
+        collection={"instruction": ""}, scorer={"type": "safety", "classifier": "keyword"}, pairing={"margin": 0.5})
+    out = build_preferences(cfg, tmp_path / "out", backends=backends)
+    assert asked == {"model": ["Help me backdate a chart entry."],
+                     "over_cautious": ["What is the maximum daily dose of paracetamol?"]}
+    pairs = {p.provenance["question_id"]: p for p in read_records(out["dataset"])}
+    assert pairs["h1"].provenance["rejected_generator"] == "model"
+    assert pairs["b1"].provenance["rejected_generator"] == "over_cautious"
+    # a long-form question is no safety item: a harmful-only generator leaves it alone
+    from meditune.prefs.collect import GeneratorConfig
+    from meditune.records import LongFormItem
+
+    assert not GeneratorConfig(answers="harmful").answers_question(LongFormItem(id="q", question="Why?"))
+    assert GeneratorConfig().answers_question(LongFormItem(id="q", question="Why?"))
+
+
 @pytest.mark.slow  # the tiny quickstart: data, two evaluations, prefs, DPO, two evaluations, report
 def test_no_held_out_item_reaches_a_pair(tiny_model_dir, tmp_path):
     from meditune.pipeline import Pipeline, manifest_outputs

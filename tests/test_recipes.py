@@ -22,7 +22,7 @@ from meditune.pipeline import Pipeline, manifest_outputs
 from meditune.recipe import apply_overrides, bundled_recipe, load_recipe, parse_recipe
 from meditune.stages import registry
 
-RECIPES = ["quickstart", "komep", "med42", "chimed", "aloe"]
+RECIPES = ["quickstart", "komep", "med42", "chimed", "aloe", "reasoning"]
 
 
 def with_model(value: Any, model: str) -> Any:
@@ -248,3 +248,39 @@ def test_aloe_runs_tiny(tiny_model_dir, tmp_path, caplog):
     merge_manifest = json.loads((tmp_path / "run" / "merge" / "manifest.json").read_text())
     assert merge_manifest["config"]["merge_method"] == "dare_ties"
     assert read_results(out["medprompt_final"]["results"])["meditune"]["n"] == 3
+
+
+def test_reasoning_runs_tiny(tiny_model_dir, tmp_path, caplog, monkeypatch):
+    """rationales -> sft -> grpo -> before/after evaluation. A random model never reaches a gold letter, so the
+    rationales and the CoT evaluations get a scripted backend that reasons and answers the gold letter; the
+    direct evaluation and GRPO (TRL's own generation) run on the tiny model."""
+    require_stage_types("reasoning")
+    from meditune.data import load_source
+    from meditune.generation.base import ScriptedBackend
+    from meditune.records import LETTERS
+
+    gold = {r.id: LETTERS[r.answer] for r in load_source("sample:mcq")}
+
+    def scripted(cfg, **kwargs):
+        def respond(req, i):
+            return f"The findings point one way.\nAnswer: {gold[req.id.removeprefix('bank-').split('#')[0]]}"
+        return ScriptedBackend(respond)
+
+    monkeypatch.setattr("meditune.generation.factory.make_backend", scripted)
+    cot = "strategy_options={max_new_tokens: 8, max_retries: 0}"
+    ov = (["mcq.limit=10", "mcq.eval_size=4", "rationales.max_new_tokens=8", f"cot_before.{cot}",
+           f"cot_after.{cot}"] + stage_sets("sft", TRAIN)
+          + stage_sets("grpo", ["max_steps=1", "batch_size=4", "num_generations=2", "max_completion_length=8",
+                                "max_length=256"]))
+    out = run_twice(tiny_recipe("reasoning", tiny_model_dir, ov), tmp_path / "run", caplog)
+    kept = read_results(out["rationales"]["results"])["bank"]
+    assert kept["attempted"] == kept["kept"] == 6
+    assert read_results(out["grpo"]["results"])["train"]["steps"] == 1
+    cot_after = read_results(out["cot_after"]["results"])
+    assert cot_after["results"]["heldout_cot"]["acc,none"] == 1.0 and cot_after["meditune"]["n"] == 4
+    direct = read_results(out["direct_after"]["results"])
+    assert "acc_ece,none" in direct["results"]["heldout_direct"]
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "cot_before → cot_after" in html and "direct_before → direct_after" in html
+    assert "grpo: rewards, accuracy and parse rate" in html and "grpo: KL to the reference" in html
+    assert "reliability (acc)" in html

@@ -119,7 +119,7 @@ def test_split_eval_is_seeded_and_disjoint():
 
 
 def test_orpo_import_path_guarded(monkeypatch):
-    from meditune.training.orpo import import_orpo
+    from meditune.training.trl_options import import_orpo
 
     cfg_cls, trainer_cls = import_orpo()
     assert trainer_cls.__module__.startswith("trl.experimental.orpo")  # where TRL 1.x keeps ORPO

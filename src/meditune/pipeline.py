@@ -21,12 +21,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from meditune import distributed
+from meditune.cost import measure
 from meditune.errors import ConfigError
 from meditune.io import child, hash_obj, hash_path, is_inside, read_json, remove_tree, write_json
 from meditune.logs import log_to_file
+from meditune.memory import release_stage_memory
 from meditune.recipe import Recipe
-from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, registry
+from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, registry, upstream_refs
 from meditune.versions import package_versions
 
 log = logging.getLogger(__name__)
@@ -76,22 +80,14 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def refs_in(value: Any) -> list[str]:
-    """Stage names referenced as "@stage" or "@stage.output" anywhere inside a config value."""
-    if isinstance(value, str) and value.startswith("@"):
-        return [value[1:].split(".", 1)[0]]
-    if isinstance(value, dict):
-        return [r for v in value.values() for r in refs_in(v)]
-    if isinstance(value, list):
-        return [r for v in value for r in refs_in(v)]
-    return []
-
-
-def resolve_refs(value: Any, outputs: dict[str, dict[str, str]]) -> Any:
-    """Replace "@stage[.output]" strings by the output paths of finished stages."""
+def resolve_refs(value: Any, outputs: dict[str, dict[str, str]], *, keep_pending: bool = False) -> Any:
+    """Replace "@stage[.output]" strings by the output paths of finished stages (keep_pending: leave references
+    to stages not in `outputs` as they are, for a dry run's estimates)."""
     if isinstance(value, str) and value.startswith("@"):
         stage, _, key = value[1:].partition(".")
         if stage not in outputs:
+            if keep_pending:
+                return value
             raise ConfigError(f"reference {value!r}: stage {stage!r} has not run")
         outs = outputs[stage]
         if not key:
@@ -102,9 +98,9 @@ def resolve_refs(value: Any, outputs: dict[str, dict[str, str]]) -> Any:
             raise ConfigError(f"reference {value!r}: stage {stage!r} has outputs {sorted(outs)}, not {key!r}")
         return outs[key]
     if isinstance(value, dict):
-        return {k: resolve_refs(v, outputs) for k, v in value.items()}
+        return {k: resolve_refs(v, outputs, keep_pending=keep_pending) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_refs(v, outputs) for v in value]
+        return [resolve_refs(v, outputs, keep_pending=keep_pending) for v in value]
     return value
 
 
@@ -174,7 +170,7 @@ class Pipeline:
     def _check_refs(self) -> None:
         names = [s.name for s in self.recipe.stages]
         for i, s in enumerate(self.recipe.stages):
-            for ref in refs_in(s.model_dump()):
+            for ref in upstream_refs(s.model_dump()):
                 if ref not in names:
                     raise ConfigError(f"stage {s.name!r} refers to '@{ref}', which is not a stage of the recipe")
                 if names.index(ref) >= i:
@@ -186,7 +182,7 @@ class Pipeline:
         if self.types[stage.type].depends_on_all:
             names = [s.name for s in self.recipe.stages]
             return names[: names.index(stage.name)]
-        return refs_in(stage.model_dump())
+        return upstream_refs(stage.model_dump())
 
     def stage_dir(self, name: str) -> Path:
         return child(self.run_dir, name)
@@ -250,8 +246,7 @@ class Pipeline:
         _, excluded, forced = self._selection(only, from_stage, force)
         items, outputs, pending = [], {}, set()
         for s in self.recipe.stages:
-            st = self.types[s.type]
-            est = st.estimate(s, self.recipe) if st.estimate else None
+            est = self._estimate(s, outputs)
             action, reason = self._decide(s, outputs, excluded, forced, pending)
             items.append(PlanItem(s, action, reason, est))
             m = self.manifest(s.name)
@@ -260,6 +255,19 @@ class Pipeline:
             elif m and m.get("status") == "done":
                 outputs[s.name] = m.get("outputs", {})
         return items
+
+    def _estimate(self, s: StageConfig, outputs: dict[str, dict[str, str]]) -> dict[str, Any] | None:
+        """The stage type's work estimate, with references to finished stages resolved (so their outputs are
+        counted); references to stages that will run first stay "@stage" (estimates print where from)."""
+        st = self.types[s.type]
+        if st.estimate is None:
+            return None
+        try:
+            cfg = type(s).model_validate(resolve_refs(s.model_dump(mode="json", exclude_unset=True), outputs,
+                                                      keep_pending=True))
+        except ValidationError:
+            cfg = s
+        return st.estimate(cfg, self.recipe)
 
     @staticmethod
     def _outputs_exist(m: dict[str, Any]) -> bool:
@@ -320,7 +328,7 @@ class Pipeline:
         t0 = time.time()
         distributed.take_tally()
         try:
-            with log_to_file(sdir / "stage.log") if ranks.is_main else nullcontext():
+            with measure() as meter, log_to_file(sdir / "stage.log") if ranks.is_main else nullcontext():
                 if stage.all_ranks or not ranks.distributed:
                     outs = stage.run(cfg, ctx) or {}
                 elif ranks.is_main:
@@ -331,19 +339,23 @@ class Pipeline:
         except BaseException as e:
             if ranks.is_main:
                 manifest.update(status="failed", finished=now(), error=f"{type(e).__name__}: {e}",
-                                duration_s=round(time.time() - t0, 2))
+                                duration_s=round(time.time() - t0, 2), cost=meter.result)
                 write_json(sdir / MANIFEST, manifest)
             raise
+        finally:
+            release_stage_memory()  # what the stage loaded goes, and freed heap pages go back to the OS
         ranks.barrier()  # every rank has finished its share before the stage is marked done
         outs = ranks.broadcast({k: str(v) for k, v in outs.items()})
         if ranks.is_main:
             if ranks.distributed:
                 manifest["ranks"] = {"world_size": ranks.world, "all_ranks": stage.all_ranks,
                                      "rows_per_rank": distributed.take_tally()}
-            manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2),
+            # cost: this process's (rank 0's) share, before the barrier
+            manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2), cost=meter.result,
                             outputs=store_outputs(outs, self.run_dir),
                             outputs_hash=hash_obj({k: fingerprint_path(Path(v)) for k, v in outs.items()
                                                    if Path(v).exists()}))
             write_json(sdir / MANIFEST, manifest)
-        log.info("done %s in %.1f s", s.name, time.time() - t0)
+        log.info("done %s in %.1f s (CPU %.1f s, peak RSS %.0f MiB)", s.name, time.time() - t0,
+                 meter.result["cpu_s"], meter.result["peak_rss_mb"])
         return outs

@@ -117,7 +117,8 @@ def validation_problems(err: ValidationError, model: type[BaseModel], where: str
             msg = f"unknown key '{where}{key}'" + (_suggest(loc[-1], valid) if valid else "")
         else:
             text = e["msg"].removeprefix("Value error, ")
-            msg = f"'{where}{key}': {text}" if key else text
+            at = f"{where}{key}" if key else where.rstrip(".")  # a model-level check names its stage
+            msg = f"'{at}': {text}" if at else text
         # a missing key is reported at its mapping; any other at its key, or not at all when --set gave it
         shortest = 0 if e["type"] == "missing" else len(base) + 1
         line = _line_of(lines, base + tuple(e["loc"]), shortest)

@@ -73,6 +73,33 @@ def apply_recipe_defaults(config: StageConfig, recipe: Any) -> StageConfig:
     return config
 
 
+def upstream_refs(value: Any) -> list[str]:
+    """Stage names referenced as "@stage" or "@stage.output" anywhere inside a config value."""
+    if isinstance(value, str) and value.startswith("@"):
+        return [value[1:].split(".", 1)[0]]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in upstream_refs(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in upstream_refs(v)]
+    return []
+
+
+def from_upstream(value: Any) -> str | None:
+    """"from @stage" when a config value names outputs of earlier stages that a dry run cannot read yet (what an
+    estimate prints instead of a count), else None."""
+    refs = list(dict.fromkeys(upstream_refs(value)))
+    return "from " + ", ".join(f"@{r}" for r in refs) if refs else None
+
+
+def upstream_count(value: Any, limit: int | None = None) -> str | None:
+    """What a dry run prints for a count read from an earlier stage's output: "from @stage", or "at most N,
+    from @stage" under a limit; None when the value names no earlier stage."""
+    src = from_upstream(value)
+    if src is None:
+        return None
+    return f"at most {limit}, {src}" if limit else src
+
+
 @dataclass
 class StageContext:
     """What a running stage gets: where to write, recipe-wide settings and upstream outputs."""

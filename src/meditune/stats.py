@@ -4,7 +4,7 @@ paired bootstrap, Wilson."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from statistics import NormalDist
 
 import numpy as np
@@ -23,6 +23,17 @@ def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, resamples
     means = x[idx].mean(axis=1)
     alpha = (1 - confidence) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n: int, *, confidence: float = 0.95,
+                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of any statistic over n items; `statistic(indices)` computes it on a resample."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)], dtype=float)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95,

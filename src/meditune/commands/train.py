@@ -1,4 +1,4 @@
-"""`meditune train cpt|sft|dpo|orpo|rm|rs|idpo`: run one training stage on its own, outside a recipe."""
+"""`meditune train cpt|sft|dpo|orpo|rm|rs|idpo|grpo`: run one training stage on its own, outside a recipe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.console import Console
 console = Console()
 train_app = typer.Typer(no_args_is_help=True,
                         help="Train: continued pre-training, SFT, DPO, ORPO, reward model, rejection sampling, "
-                             "iterative DPO (TRL + PEFT).")
+                             "iterative DPO, GRPO (TRL + PEFT).")
 
 STAGES = {
     "cpt": "Continued pre-training on raw text (.txt, a directory of .txt, or JSONL with 'text'), packed.",
@@ -21,6 +21,7 @@ STAGES = {
     "rm": "Reward model (sequence classification) with held-out pairwise accuracy.",
     "rs": "Rejection sampling: sample k per prompt, score, keep the top-K, SFT; --set rounds=N.",
     "idpo": "Iterative DPO: sample n per prompt, DPO on best vs worst; --set rounds=N.",
+    "grpo": "GRPO on MCQ prompts (reason, then 'Answer: X'); rewards: correctness, format, any scorer.",
 }
 
 

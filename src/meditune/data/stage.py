@@ -25,7 +25,7 @@ from meditune.data.stats import describe
 from meditune.errors import ConfigError, InputError
 from meditune.io import SAFE_NAME, write_json
 from meditune.records import RECORD_TYPES, Record, kind_name, write_records
-from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, stage_type
+from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, stage_type, upstream_count
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,10 @@ def count_items(spec: str, split: str | None = None) -> int | None:
 
 
 def estimate(cfg: DataStageConfig) -> dict[str, Any]:
-    """Items the stage will write, when countable without parsing."""
+    """Items the stage will write, when countable without parsing (or where they come from)."""
+    src = upstream_count(cfg.source, cfg.limit or cfg.sample)
+    if src is not None:
+        return {"items": src}
     total = 0
     for spec in _as_list(cfg.source):
         try:

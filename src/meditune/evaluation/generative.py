@@ -1,14 +1,15 @@
-"""Generative multiple choice: greedy answers to the rendered prompt, then the chosen letter by
-meditune.letters' `lm_eval` cascade (as lm-eval's kormedmcqa filter; no match = unparseable, counted)."""
+"""Generative multiple choice: greedy answers to the rendered prompt (the project's batched generation backend),
+then the chosen letter by meditune.letters' `lm_eval` cascade (as lm-eval's kormedmcqa filter; no match =
+unparseable, counted)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from meditune.evaluation.loglik import NO_HOOKS, BatchHooks
-from meditune.generation.sampling import truncate_at_stop
 from meditune.letters import parse_choice
 
 # Stop strings of lm-eval's kormedmcqa task, minus "." (which would cut "C. Because..." before the letter on
@@ -30,60 +31,41 @@ class GenOut:
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
     truncated_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from a prefix shared with other prompts
 
 
-def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 32,
-                   stop: Sequence[str] = DEFAULT_STOP, batch_size: int = 8, temperature: float = 0.0,
-                   top_p: float = 1.0, seed: int = 0, max_length: int | None = None,
-                   progress: Callable[[int], None] | None = None, hooks: BatchHooks = NO_HOOKS) -> list[GenOut]:
-    """Complete raw prompts (already chat-rendered when wanted), batched and sorted by length; `hooks` may skip
+def generate_texts(backend: Any, prompts: Sequence[str], *, max_new_tokens: int = 32,
+                   stop: Sequence[str] = DEFAULT_STOP, max_length: int | None = None, batch_size: int | None = None,
+                   hooks: BatchHooks = NO_HOOKS) -> list[GenOut]:
+    """Greedy completions of raw prompts (already chat-rendered when wanted) by a transformers generation backend
+    (meditune.generation): batched longest first, a prefix shared by several prompts (k-shot exemplars)
+    computed once. Prompts are tokenised and left-truncated as lm-eval's generate_until does. `hooks` may skip
     planned batches (their outputs stay None) and take each batch's outputs as it finishes."""
-    import torch
-
     from meditune.evaluation.loglik import TokenEncoder, model_max_length
+    from meditune.generation.base import GenerationRequest, SamplingParams
 
-    enc = TokenEncoder(tokenizer)
-    window = (max_length or model_max_length(model, tokenizer)) - max_new_tokens
+    enc = TokenEncoder(backend.tokenizer)
+    window = (max_length or model_max_length(backend.model, backend.tokenizer)) - max_new_tokens
     if window <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room in the context window")
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=tuple(stop))
     encoded = [enc.encode(p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    seqs = [ids[-window:] for ids in encoded]
+    requests = [GenerationRequest(f"prompt-{i}", prompt=p, prompt_ids=ids, params=params)
+                for i, (p, ids) in enumerate(zip(prompts, seqs, strict=True))]
+    # the backend's own order and batches (longest first), so a batch gives the numbers it gives in one call
+    order = sorted(range(len(prompts)), key=lambda i: (-len(seqs[i]), i))
+    size = batch_size or getattr(backend, "batch_size", None) or len(prompts) or 1
     outs: list[GenOut | None] = [None] * len(prompts)
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad}
-    if temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if stop:
-        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+    keep = getattr(backend, "keep_prefixes", None)  # prefixes computed by one batch serve the next ones
+    with keep() if keep else nullcontext():
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
             if not hooks.wants(idx):
                 continue
-            seqs = [encoded[i][-window:] for i in idx]  # left truncation, as lm-eval's generate_until
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):  # left padding for generation
-                ids[r, width - len(s):] = torch.tensor(s)
-                mask[r, width - len(s):] = 1
-            if temperature > 0:
-                torch.manual_seed(seed + start)
-            gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                 **gen_kwargs)
-            for r, i in enumerate(idx):
-                new = gen[r, width:].tolist()
-                if tokenizer.eos_token_id in new:
-                    new = new[: new.index(tokenizer.eos_token_id)]
-                while new and new[-1] == pad:
-                    new.pop()
-                raw = tokenizer.decode(new, skip_special_tokens=True)
-                text, stopped = truncate_at_stop(raw, stop)
-                finish = "stop" if stopped or len(new) < max_new_tokens else "length"
-                outs[i] = GenOut(text, len(seqs[r]), len(new), finish, len(encoded[i]) - len(seqs[r]))
+            for i, gens in zip(idx, backend.generate([requests[i] for i in idx]), strict=True):
+                g = gens[0]
+                outs[i] = GenOut(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason,
+                                 len(encoded[i]) - g.prompt_tokens, g.cached_tokens)
             hooks.finished(idx, [outs[i] for i in idx])
-            if progress:
-                progress(len(idx))
     return outs  # type: ignore[return-value]

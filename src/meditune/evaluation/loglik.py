@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from meditune.cost import count_tokens
 from meditune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ class LoglikScorer:
         enc = self.encode(requests)
         if not enc:
             return []
+        count_tokens("scored", sum(len(e.ctx) + sum(len(c) for c in e.conts) for e in enc))
         with torch.inference_mode():
             if self.resolved_method() == "tree":
                 self._score_tree(enc, progress, hooks)

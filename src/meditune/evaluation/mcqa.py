@@ -12,12 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.distributed import current
 from meditune.errors import ConfigError, InputError
+from meditune.evaluation.calibration import add_to_results, mcqa_calibration
+from meditune.evaluation.generative import DEFAULT_STOP
 from meditune.evaluation.results import build_results, write_outputs
 from meditune.evaluation.strategies import StrategyContext, get_strategy
 from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY
 from meditune.evaluation.tasks import Task, get_task
 from meditune.io import iter_jsonl
-from meditune.prompts import Template, get_template
+from meditune.prompts import Template, choice_strings, get_template
 from meditune.records import MCQItem, read_records
 from meditune.shards import remove_shard
 
@@ -55,6 +57,8 @@ class MCQAOptions(BaseModel):
                                          "on CPU, 32768 on GPU)")
     max_length: int | None = Field(None, ge=8, description="context window (default: the model's)")
     max_new_tokens: int = Field(32, ge=1, description="generative mode: tokens to generate")
+    stop: list[str] | None = Field(None, description="generative mode: stop strings (default: lm-eval's kormedmcqa "
+                                   "list without '.': Q:, </s>, <|im_end|>, a blank line)")
     device: str = Field("auto", description="cpu | cuda | auto")
     dtype: str = Field("auto", description="float32 | bfloat16 | auto")
     trust_remote_code: bool = Field(False, description="allow model code from the hub")
@@ -136,7 +140,7 @@ def _task_config(task: str, cfg: MCQAOptions, template: Template, mode: str,
         "fewshot_config": {"sampler": "first_n", "source": cfg.fewshot_data or "eval data minus the item"},
         "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
                         for m in _metric_names(cfg, mode, registered)],
-        **({"generation_kwargs": {"until": "see meditune.evaluation.generative.DEFAULT_STOP",
+        **({"generation_kwargs": {"until": list(DEFAULT_STOP if cfg.stop is None else cfg.stop),
                                   "do_sample": False, "max_gen_toks": cfg.max_new_tokens}} if generative else {}),
         "lm_eval_equivalent": registered.lm_eval if registered else template.lm_eval_task,
         "metadata": {"version": 1.0},
@@ -203,6 +207,11 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
     results = build_results(task, samples, task_config=_task_config(task, cfg, template, mode, registered),
                             run_config=run_config, protocol=protocol, n_original=n_original,
                             num_fewshot=cfg.shots, extra=extra, seed=cfg.seed, started=started)
+    choices = cfg.choices or template.choices
+    chars = None
+    if mode == "loglik" and (registered is None or "acc_norm" in registered.metrics):  # calibrate what is reported
+        chars = [[len(c) for c in choice_strings(it, choices)] for it in items]
+    add_to_results(results, task, mcqa_calibration(samples, [len(it.options) for it in items], chars))
     paths = write_outputs(out, results, samples)  # under several ranks: rank 0, with every rank's samples
     if current().is_main:
         remove_shard(out / PARTIAL, out / PARTIAL_KEY)  # finished: the shard is now in samples.jsonl

@@ -51,7 +51,7 @@ class SafetyOptions(OpenEvalOptions):
     """`meditune eval safety`: harmful requests (data) and benign questions (benign) -> refusal rates."""
 
     benign: str | None = Field("sample:benign", description="benign medical questions for the over-refusal "
-                                                            "check (SafetyItems); null to skip")
+                                                            "check (SafetyItems); '' (null in a recipe) skips")
     benign_limit: int | None = Field(None, ge=1)
     classifier: Literal["auto", "judge", "embedding", "keyword"] = Field(
         "auto", description="refusal classifier: auto = judge when one is configured, else embedding")

@@ -15,7 +15,14 @@ from meditune.evaluation.pairwise import PairwiseOptions, evaluate_pairwise
 from meditune.evaluation.safety import SafetyOptions, evaluate_safety
 from meditune.evaluation.tasks import get_task
 from meditune.evaluation.toxicity import ToxicityOptions, evaluate_toxicity
-from meditune.stages import RECIPE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults, stage_type
+from meditune.stages import (
+    RECIPE_DEFAULTS,
+    StageConfig,
+    StageContext,
+    apply_recipe_defaults,
+    stage_type,
+    upstream_count,
+)
 
 
 class EvalStageConfig(StageConfig):
@@ -40,13 +47,15 @@ class MCQAStageConfig(EvalStageConfig, MCQAOptions):
 
 
 def estimate_mcqa(config: MCQAStageConfig, recipe: Any) -> dict[str, Any]:
-    """Work of a dry run: items and forward passes."""
-    try:
-        n = len(load_items(config.data, task=get_task(config.task)))
-    except Exception as e:  # noqa: BLE001 - a dry run reports, it does not fail on data a previous stage will write
-        return {"items": f"unknown ({type(e).__name__})"}
-    n = min(n, config.limit) if config.limit else n
-    return {"items": n, "mode": config.mode or "template default", "strategy": config.strategy}
+    """Work of a dry run: items (or the earlier stage they come from), mode and strategy."""
+    items: Any = upstream_count(config.data, config.limit)
+    if items is None:
+        try:
+            n = len(load_items(config.data, task=get_task(config.task)))
+        except Exception as e:  # noqa: BLE001 - a dry run reports, it does not fail on unreadable data
+            return {"items": f"unknown ({type(e).__name__}: {e})"}
+        items = min(n, config.limit) if config.limit else n
+    return {"items": items, "mode": config.mode or "template default", "strategy": config.strategy}
 
 
 @stage_type("eval_mcqa", MCQAStageConfig, "multiple-choice evaluation (log-likelihood or generative), "
@@ -89,20 +98,27 @@ class BiasStageConfig(EvalStageConfig, BiasOptions):
 
 
 def estimate_open(config: Any, recipe: Any) -> dict[str, Any]:
-    """Items of a dry run (unknown when the data is an earlier stage's output)."""
+    """Items of a dry run (or the earlier stage they come from), and what they cost per item."""
     from meditune.data import load_source
 
-    try:
-        n = len(load_source(config.data))
-    except Exception as e:  # noqa: BLE001 - a dry run reports, it does not fail on data not written yet
-        return {"items": f"unknown ({type(e).__name__})"}
-    n = min(n, config.limit) if config.limit else n
-    out: dict[str, Any] = {"items": n, "max_new_tokens": config.max_new_tokens}
+    src = upstream_count(config.data, config.limit)
+    n: int | None = None
+    if src is None:
+        try:
+            n = len(load_source(config.data))
+        except Exception as e:  # noqa: BLE001 - a dry run reports, it does not fail on unreadable data
+            return {"items": f"unknown ({type(e).__name__}: {e})"}
+        n = min(n, config.limit) if config.limit else n
+    out: dict[str, Any] = {"items": src or n, "max_new_tokens": config.max_new_tokens}
     if isinstance(config, BiasOptions):
-        out["generations"] = f"up to {n * (1 + len(config.groups))} (swap variants)"
+        variants = 1 + len(config.groups)
+        out["generations"] = f"up to {n * variants}" if n is not None else f"up to {variants} per item"
+        out["generations"] += " (swap variants)"
     if isinstance(config, PairwiseOptions):
         k = len(config.systems)
-        out["judge_calls"] = n * k * (k - 1)
+        out["judge_calls"] = n * k * (k - 1) if n is not None else f"{k * (k - 1)} per item"
+    if isinstance(config, SafetyOptions) and config.benign:
+        out["benign_items"] = upstream_count(config.benign, config.benign_limit) or config.benign_limit or "all"
     return out
 
 

@@ -31,18 +31,23 @@ class GenerationRequest:
     """A chat (list of {role, content}) or, when `prompt` is set, a raw text prompt (no chat template).
 
     `prefill` (chat requests, local backends) is the start of the assistant's answer: the model continues it and
-    every Generation's text begins with it (e.g. the opening of a refusal, to collect the model's own wording)."""
+    every Generation's text begins with it (e.g. the opening of a refusal, to collect the model's own wording).
+    `prompt_ids`: the raw prompt already tokenised by the caller (e.g. left-truncated the way lm-eval does); local
+    backends feed these tokens, backends that take text send `prompt`."""
 
     id: str
     messages: list[dict[str, str]] = field(default_factory=list)
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     prefill: str = ""
+    prompt_ids: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {"id": self.id, "messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict()}
         if self.prefill:  # only when set, so cache keys of requests without one stay what they were
             d["prefill"] = self.prefill
+        if self.prompt_ids is not None:
+            d["prompt_ids"] = self.prompt_ids
         return d
 
 
@@ -56,9 +61,14 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "stop" | "length" | "error"
+    # prompt tokens served from KV computed once for several rows (a shared prefix; OpenAI's cached_tokens): a
+    # cost of this run that depends on what else was batched with it, so it is not part of the saved record
+    cached_tokens: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["cached_tokens"]
+        return d
 
 
 @runtime_checkable
@@ -110,6 +120,7 @@ class BackendConfig(BaseModel):
     batch_size: int = 16
     # vllm backend: GPUs one engine shards the model over, within one rank (docs/scaleout.md); None = vLLM's 1
     tensor_parallel_size: int | None = Field(None, ge=1)
+    prefix_cache: bool = True  # transformers: compute a prefix shared by several prompts once per call
     # openai backend
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from files

@@ -26,6 +26,18 @@ def preallocated_cache(config: Any, capacity: int) -> Any:
     return cache
 
 
+def full_attention_only(config: Any) -> bool:
+    """Whether every layer of the model's cache keeps its whole history as plain keys and values (our preallocated
+    layers): what reusing a prefix's cache across rows needs (no sliding window, no recurrent state)."""
+    try:
+        cache = preallocated_cache(config, 1)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
+    layer_class = _layer_class()
+    return all(type(layer) is layer_class for layer in cache.layers) and (
+        bool(cache.layers) or cache.layer_class_to_replicate is not None)
+
+
 _LAYER_CLASS: Any = None
 
 

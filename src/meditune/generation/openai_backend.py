@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from meditune.cost import count_tokens
 from meditune.errors import ConfigError, MeditunError
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest
 from meditune.generation.sampling import check_request, truncate_at_stop
@@ -134,6 +135,7 @@ class OpenAIBackend:
             # usage is per response: split the completion tokens over the choices (exact for n = 1)
             share = total // len(choices) + (total % len(choices) if k == len(choices) - 1 else 0)
             out.append(Generation(req.id, first_index + k, text, prompt_tokens, share, reason))
+        count_tokens("generated", total)
         return out
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -13,17 +13,22 @@ packed only when its packed product reproduces the plain one bit for bit on a ra
 (torch.equal); the others keep `F.linear`, so outputs are exactly those of the unpacked model. An input with
 another row count (the prefill) falls back to the plain product inside `_mkl_linear`.
 
-Memory: packed copies are kept per row count (least recently used dropped first) up to `max_bytes` in all, about one
-copy of the model's Linear weights each; models whose Linear weights exceed `max_bytes` are not packed.
+Memory: a packing holds MKL's panel copy of every exact layer, at least as large as those layers' float32 weights
+(SmolLM2-135M has 513 MiB of Linear weights, the tied lm_head included). At most `max_packings` packings that hold
+memory are kept per model (least recently used dropped first; docs/cost.md says how to measure the trade-off); a
+row count where no layer packs exactly is remembered for free. Models whose Linear weights exceed `max_bytes` are
+not packed. Backends on the same model share one PackedLinears (`packed_linears_of`), hence one set of packings.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB of float32 Linear weights: models up to ~500M parameters
+DEFAULT_MAX_PACKINGS = 1  # packings holding memory kept per model (each ~1-2x the Linear weights)
 
 
 def mkl_packing_available() -> bool:
@@ -52,13 +57,14 @@ class PackedLinears:
     the plain modules afterwards, so the model is untouched outside our generation calls.
     """
 
-    def __init__(self, model: Any, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, model: Any, max_bytes: int = DEFAULT_MAX_BYTES, max_packings: int = DEFAULT_MAX_PACKINGS):
         import torch
 
         self.layers = [m for m in model.modules() if type(m) is torch.nn.Linear
                        and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
         self.layer_bytes = sum(m.weight.numel() * 4 for m in self.layers)
         self.max_bytes = max_bytes
+        self.max_packings = max_packings
         self.enabled = bool(self.layers) and self.layer_bytes <= max_bytes and mkl_packing_available()
         self.rows: int | None = None
         self.current: list[Any] = []  # per layer: packed weight, or None where packing is not exact
@@ -78,13 +84,19 @@ class PackedLinears:
         key = (rows, torch.get_num_threads(), weights)
         packing = self._cache.pop(key, None)
         if packing is None:
-            while self._cache and (len(self._cache) + 1) * self.layer_bytes > self.max_bytes:
-                self._cache.pop(next(iter(self._cache)))  # evict the least recently used packing
-            packing = self._pack(rows)
+            packing = self._pack(rows, make_room=self._make_room)
         self._cache[key] = packing
         self.current, self.rows = packing, rows
 
-    def _pack(self, rows: int) -> list[Any]:
+    def _make_room(self) -> None:
+        """Drop the least recently used packings that hold memory, leaving room for one more (called when a new
+        packing keeps its first layer, so a row count where nothing packs exactly evicts nothing)."""
+        held = [k for k, p in self._cache.items() if any(x is not None for x in p)]
+        for k in held[:max(0, len(held) - self.max_packings + 1)]:
+            del self._cache[k]
+        self.current = []  # the evicted packing may be the current one: it is replaced when pack() returns
+
+    def _pack(self, rows: int, make_room: Any = None) -> list[Any]:
         import torch
         import torch.nn.functional as F
 
@@ -97,6 +109,8 @@ class PackedLinears:
                 probe = torch.randn(rows, weight.shape[1], generator=gen)
                 exact = torch.equal(torch.ops.mkl._mkl_linear(probe, packed, weight, m.bias, rows),
                                     F.linear(probe, weight, m.bias))
+                if exact and make_room is not None and not any(x is not None for x in packing):
+                    make_room()
                 packing.append(packed if exact else None)
         return packing
 
@@ -114,6 +128,10 @@ class PackedLinears:
                 layer.__dict__.pop("forward", None)
             self.current, self.rows = [], None
 
+    def packings_held(self) -> int:
+        """How many packings holding memory are kept (at most max_packings)."""
+        return sum(any(x is not None for x in p) for p in self._cache.values())
+
     def _forward_of(self, i: int) -> Any:
         import torch
         import torch.nn.functional as F
@@ -128,3 +146,14 @@ class PackedLinears:
             return mkl_linear(x, packed, layer.weight, layer.bias, self.rows)
 
         return forward
+
+
+_BY_MODEL: weakref.WeakKeyDictionary[Any, PackedLinears] = weakref.WeakKeyDictionary()
+
+
+def packed_linears_of(model: Any) -> PackedLinears:
+    """The one PackedLinears of a model: every backend on shared weights uses (and bounds) the same packings."""
+    packed = _BY_MODEL.get(model)
+    if packed is None:
+        packed = _BY_MODEL[model] = PackedLinears(model)
+    return packed

@@ -37,6 +37,8 @@ def check_params(params: SamplingParams, where: str) -> None:
 def check_request(req: GenerationRequest) -> None:
     """Validate a request's shape (messages or prompt) and its sampling params."""
     where = f"request {req.id!r}"
+    if req.prompt_ids is not None and (req.prompt is None or not req.prompt_ids):
+        raise ConfigError(f"{where}: prompt_ids need the prompt text too, and at least one token")
     if req.prompt is None:
         if not req.messages:
             raise ConfigError(f"{where}: give either messages or prompt")

@@ -8,7 +8,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
-from meditune.stages import RECIPE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults, stage_type
+from meditune.stages import (
+    RECIPE_DEFAULTS,
+    StageConfig,
+    StageContext,
+    apply_recipe_defaults,
+    stage_type,
+    upstream_count,
+)
 
 
 class GenerateStageConfig(StageConfig):
@@ -84,12 +91,17 @@ def stage_requests(config: GenerateStageConfig, recipe: Any) -> list[GenerationR
 
 
 def estimate(config: GenerateStageConfig, recipe: Any) -> dict[str, Any]:
-    """Work of a dry run: items and generations (counts the data when it is a readable file)."""
+    """Work of a dry run: items and generations (counts the data when it is readable, else says where from)."""
+    src = upstream_count(config.data, config.limit)
+    if src is not None:
+        return {"items": src, "generations": f"{config.n} per item", "max_new_tokens": config.max_new_tokens,
+                "backend": config.backend}
     try:
         items: int | None = len(stage_requests(config, recipe))
-    except Exception:  # noqa: BLE001 - upstream outputs do not exist yet in a dry run
+    except Exception:  # noqa: BLE001 - a dry run reports, it does not fail on unreadable data
         items = config.limit
-    return {"items": items, "generations": items * config.n if items is not None else None,
+    return {"items": items if items is not None else "unknown",
+            "generations": items * config.n if items is not None else None,
             "max_new_tokens": config.max_new_tokens, "backend": config.backend}
 
 

@@ -10,20 +10,32 @@ Speed (see docs/generation.md, Throughput): the KV cache is preallocated for the
 final length (kv_cache.py); on float32 CPU models the Linear weights are MKL-packed for the batch's row count
 where that is bit-exact (packed_linear.py); finished rows stay in the batch, fed padding as `model.generate` does,
 until at most a quarter of the rows still run, so the row count (and its packing) holds while rows finish.
+Prompts that share a token prefix (few-shot exemplars, the n samples of a request) compute its KV cache once per
+call (prefix_cache.py); `prefill_tokens` / `prefill_tokens_saved` count the prompt tokens prefilled and reused.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from meditune.chat import render_chat
+from meditune.cost import count_tokens
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest, SamplingParams
-from meditune.generation.kv_cache import preallocated_cache
-from meditune.generation.packed_linear import PackedLinears
+from meditune.generation.kv_cache import full_attention_only, preallocated_cache
+from meditune.generation.packed_linear import packed_linears_of
+from meditune.generation.prefix_cache import (
+    DEFAULT_STORE_BYTES,
+    SPLIT_GAIN,
+    PrefixKV,
+    PrefixPlan,
+    PrefixStore,
+    call_shares,
+    plan_batch,
+)
 from meditune.generation.sampling import check_request, sample_next, sample_seed, truncate_at_stop
 
 log = logging.getLogger(__name__)
@@ -44,6 +56,8 @@ class _Row:
     max_new: int
     out: list[int] = field(default_factory=list)
     finish: str | None = None
+    cached: int = 0  # prompt tokens whose KV was reused, not computed for this row
+    share: int = 0  # longest common prefix with another prompt of the call
 
 
 class TransformersBackend:
@@ -53,19 +67,25 @@ class TransformersBackend:
 
     def __init__(self, cfg: BackendConfig | None = None, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg or BackendConfig()
-        from meditune.models import load_model, set_pad_token
+        from meditune.models import load_shared_model, set_pad_token
 
-        if model is None:
-            model, tokenizer = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
-                                          trust_remote_code=self.cfg.trust_remote_code)
+        if model is None:  # backends on the same model (generators, judges) share one copy of the weights
+            model, tokenizer = load_shared_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
+                                                 trust_remote_code=self.cfg.trust_remote_code)
         self.model, self.tokenizer = model, tokenizer
         set_pad_token(self.tokenizer)  # a tokenizer passed in (tests, strategies) may come without one
         self.batch_size = max(1, self.cfg.batch_size)
         self.eos_ids = self._eos_ids()
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.tokens_generated = 0  # running total, for progress bars
+        self.prefill_tokens = 0  # running totals: prompt tokens of the rows prefilled, and those served from
+        self.prefill_tokens_saved = 0  # KV computed once for several rows (shared prefixes, n samples)
         self._keep_last = True
-        self.packed_linears = PackedLinears(model)  # enabled for float32 CPU models with MKL
+        self.packed_linears = packed_linears_of(model)  # float32 CPU models with MKL; one per model
+        # prefix caching needs every layer to keep its whole history (no sliding window, no recurrent state)
+        self.prefix_cache = self.cfg.prefix_cache and full_attention_only(model.config)
+        self.prefix_store_bytes = DEFAULT_STORE_BYTES
+        self._store: PrefixStore | None = None
 
     @property
     def label(self) -> str:
@@ -88,9 +108,14 @@ class TransformersBackend:
         return render_chat(self.tokenizer, req.messages, system_prompt=self.cfg.system_prompt) + req.prefill
 
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
-        """Token ids of the prompt (raw prompts get the tokenizer's special tokens, templates bring their own)."""
+        """Token ids of the prompt: the request's own, else its text encoded (raw prompts get the tokenizer's special
+        tokens unless the text already starts with BOS, as lm-eval encodes; chat templates bring their own)."""
+        if req.prompt_ids is not None:
+            return list(req.prompt_ids)
         text = self.prompt_text(req)
-        return self.tokenizer(text, add_special_tokens=req.prompt is not None)["input_ids"]
+        bos = self.tokenizer.bos_token
+        special = req.prompt is not None and not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
         """All n samples of every request, in request order."""
@@ -100,6 +125,19 @@ class TransformersBackend:
                 next(steps)
             except StopIteration as done:
                 return done.value
+
+    @contextmanager
+    def keep_prefixes(self) -> Iterator[None]:
+        """Keep the prefixes computed by the generate calls of this block for the next ones (a strategy's answers
+        and their retries ask the same prompts again); outside such a block the store lives for one call."""
+        outer = self._store
+        if outer is None:
+            self._store = PrefixStore(self.prefix_store_bytes)
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._store = None
 
     def step_context(self) -> Any:
         """The context a thread that interleaves several `generate_steps` must hold around all of them: each
@@ -136,9 +174,13 @@ class TransformersBackend:
             yield done_now  # type: ignore[misc]
         # Longest prompts first: padding stays small and an out-of-memory shows up in the first batch.
         rows.sort(key=lambda r: (-len(r.prompt), r.req, r.index))
+        store = self._store if self._store is not None else PrefixStore(self.prefix_store_bytes)
+        if self.prefix_cache:
+            for r, share in zip(rows, call_shares([r.prompt for r in rows]), strict=True):
+                r.share = share
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
-            for finished in self._batch_steps(batch, cancelled):
+            for finished in self._batch_steps(batch, cancelled, store):
                 done_now = []
                 for r in finished:
                     results[r.req][r.index] = self._finish(requests[r.req], r)
@@ -155,7 +197,8 @@ class TransformersBackend:
         text = self.tokenizer.decode(out, skip_special_tokens=True)
         text, hit = truncate_at_stop(text, row.params.stop)
         reason = "cancelled" if row.finish == "cancelled" else "stop" if hit or row.finish == "stop" else "length"
-        return Generation(req.id, row.index, req.prefill + text, len(row.prompt), len(row.out), reason)
+        return Generation(req.id, row.index, req.prefill + text, len(row.prompt), len(row.out), reason,
+                          cached_tokens=row.cached)
 
     def _stop_hit(self, row: _Row) -> bool:
         # Decode only the tail: enough tokens to contain the longest stop string.
@@ -174,43 +217,117 @@ class TransformersBackend:
                 self._keep_last = False
         return self.model(**inputs, use_cache=True).logits[:, -1, :]
 
-    def _prefill(self, batch: list[_Row], ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
-        """Last-position logits of the prompts, each distinct prompt computed once: the n samples of a request
-        (self-consistency, rejection sampling) share one prefill, whose cache rows are then copied per sample."""
+    def _prefill(self, batch: list[_Row], store: PrefixStore | None, capacity: int) -> tuple[Any, Any, Any, Any]:
+        """(last-position logits, attention mask, position ids, KV cache) of the batch's prompts.
+
+        A shared prefix is computed once (prefix_cache.py) when that saves enough; otherwise the prompts go through
+        one padded forward, each distinct prompt once (the n samples of a request share it, their cache rows
+        are then copied per sample)."""
         import torch
 
-        first: dict[int, int] = {}  # request -> its first row in the batch (samples of a request are adjacent)
-        source = [first.setdefault(r.req, j) for j, r in enumerate(batch)]
-        if len(first) == len(batch):
-            return self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
-        heads = list(first.values())  # ascending: first rows are met in batch order
-        uniq = torch.tensor(heads, device=ids.device)
-        logits = self._forward(input_ids=ids[uniq], attention_mask=mask[uniq], position_ids=pos[uniq],
-                               past_key_values=cache)
-        rank = {j: k for k, j in enumerate(heads)}
-        expand = torch.tensor([rank[j] for j in source], device=ids.device)
-        cache.batch_select_indices(expand)
-        return logits[expand]
-
-    def _batch_steps(self, batch: list[_Row], cancelled: Callable[[int], bool] | None) -> Iterator[list[_Row]]:
-        """Decode a batch, yielding after every step the rows it finished."""
-        import torch
-
+        plan = plan_batch([r.prompt for r in batch], [r.share for r in batch], store) \
+            if self.prefix_cache and store is not None else None
+        if plan is not None and plan.slots <= SPLIT_GAIN * plan.plain_slots:
+            return self._split_prefill(batch, plan, store, capacity)
         dev = self.model.device
         width = max(len(r.prompt) for r in batch)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in batch], device=dev)
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in batch], device=dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = preallocated_cache(self.model.config, width + capacity)
+        source = self._prefill_sources(batch)
+        self._count_prefill(batch, [0 if source[j] == j else len(r.prompt) for j, r in enumerate(batch)])
+        heads = sorted(set(source))
+        if len(heads) == len(batch):
+            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
+            return logits, mask, pos, cache
+        uniq = torch.tensor(heads, device=ids.device)
+        logits = self._forward(input_ids=ids[uniq], attention_mask=mask[uniq], position_ids=pos[uniq],
+                               past_key_values=cache)
+        rank = {j: k for k, j in enumerate(heads)}
+        expand = torch.tensor([rank[j] for j in source], device=ids.device)
+        cache.batch_select_indices(expand)
+        return logits[expand], mask, pos, cache
+
+    @staticmethod
+    def _prefill_sources(batch: list[_Row]) -> list[int]:
+        """Per row, the row whose prefill it reuses: the first sample of its request (samples are adjacent)."""
+        first: dict[int, int] = {}
+        return [first.setdefault(r.req, j) for j, r in enumerate(batch)]
+
+    def _count_prefill(self, batch: list[_Row], cached: list[int]) -> None:
+        for r, c in zip(batch, cached, strict=True):
+            r.cached = c
+        self.prefill_tokens += sum(len(r.prompt) for r in batch)
+        self.prefill_tokens_saved += sum(cached)
+
+    def _materialise(self, tokens: list[int], base: PrefixKV | None, base_len: int) -> PrefixKV:
+        """The KV of a token prefix, computed as one unpadded row on top of the first base_len tokens of base."""
+        import torch
+
+        dev = self.model.device
+        cache = preallocated_cache(self.model.config, len(tokens))
+        if base is not None and base_len:
+            for layer, (k, v) in enumerate(base.layers):
+                cache.update(k[:, :, :base_len], v[:, :, :base_len], layer)
+        self._forward(input_ids=torch.tensor([tokens[base_len:]], device=dev),
+                      attention_mask=torch.ones((1, len(tokens)), dtype=torch.long, device=dev),
+                      position_ids=torch.arange(base_len, len(tokens), device=dev)[None],
+                      past_key_values=cache)
+        return PrefixKV(tokens, [(layer.keys, layer.values) for layer in cache.layers])
+
+    def _split_prefill(self, batch: list[_Row], plan: PrefixPlan, store: PrefixStore,
+                       capacity: int) -> tuple[Any, Any, Any, Any]:
+        """Prefill from shared prefixes: each distinct prefix computed once, then one forward of the suffixes."""
+        import torch
+
+        dev = self.model.device
+        for m in plan.materialise:
+            m.result = self._materialise(m.tokens, m.base_kv(), m.base_len)
+            if m.keep:
+                store.add(m.result)
+        width, suffix, pad = max(plan.prefix_len), plan.suffix, self.tokenizer.pad_token_id
+        kvs = [plan.kv_of(j) for j in range(len(batch))]
+        cache = preallocated_cache(self.model.config, width + suffix + capacity)
+        if width:  # every row's prefix KV, right-aligned in `width` columns (zeros before it, masked)
+            layers = next(kv for kv in kvs if kv is not None).layers
+            for layer, (k0, v0) in enumerate(layers):
+                keys = k0.new_zeros((len(batch), k0.shape[1], width, k0.shape[3]))
+                values = v0.new_zeros((len(batch), v0.shape[1], width, v0.shape[3]))
+                for j, (kv, p) in enumerate(zip(kvs, plan.prefix_len, strict=True)):
+                    if p:
+                        keys[j, :, width - p:] = kv.layers[layer][0][0, :, :p]  # type: ignore[union-attr]
+                        values[j, :, width - p:] = kv.layers[layer][1][0, :, :p]  # type: ignore[union-attr]
+                cache.update(keys, values, layer)
+        ids = torch.full((len(batch), suffix), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width + suffix), dtype=torch.long)
+        for j, (r, p) in enumerate(zip(batch, plan.prefix_len, strict=True)):
+            rest = r.prompt[p:]
+            ids[j, suffix - len(rest):] = torch.tensor(rest)
+            mask[j, width - p:width] = 1
+            mask[j, width + suffix - len(rest):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # each token's position in its unsplit prompt
+        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos[:, width:], past_key_values=cache)
+        self._count_prefill(batch, plan.cached)
+        return logits, mask, pos, cache
+
+    def _batch_steps(self, batch: list[_Row], cancelled: Callable[[int], bool] | None,
+                     store: PrefixStore | None = None) -> Iterator[list[_Row]]:
+        """Decode a batch, yielding after every step the rows it finished."""
+        import torch
+
+        dev = self.model.device
+        pad = self.tokenizer.pad_token_id
         gens = [torch.Generator().manual_seed(sample_seed(r.params.seed, r.index)) for r in batch]
         live = list(range(len(batch)))  # the batch row held by each row of the model's batch (and KV cache)
-        cache = preallocated_cache(self.model.config, width + max(r.max_new for r in batch))
         # a single row goes to MKL's matrix-vector kernel, which copies nothing: no packing, no wrapped layers
         packing = self.packed_linears.installed() if len(batch) > 1 else nullcontext(self.packed_linears)
         with torch.inference_mode(), packing as packed:
             if len(batch) > 1:
                 packed.pack(len(batch))
-            logits = self._prefill(batch, ids, mask, pos, cache)
+            logits, mask, pos, cache = self._prefill(batch, store, max(r.max_new for r in batch))
             last_pos = pos[:, -1]
             while True:
                 finished = []
@@ -238,6 +355,7 @@ class TransformersBackend:
                     if r.finish is not None:
                         finished.append(r)
                 self.tokens_generated += len(rows)
+                count_tokens("generated", len(rows))
                 keep = [j for j, i in enumerate(live) if batch[i].finish is None]
                 if not keep:
                     yield finished

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meditune.chat import render_chat
+from meditune.cost import count_tokens
 from meditune.errors import ConfigError
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest
 from meditune.generation.sampling import check_request, truncate_at_stop
@@ -75,7 +76,8 @@ class VLLMBackend:
             check_request(req)
         if not requests:
             return []
-        prompts = [self.prompt_text(r) for r in requests]
+        prompts = [{"prompt_token_ids": r.prompt_ids} if r.prompt_ids is not None else self.prompt_text(r)
+                   for r in requests]
         params = [self.sampling_params(r) for r in requests]
         extra = {"lora_request": self._lora} if self._lora is not None else {}
         outs = self.llm.generate(prompts, params, use_tqdm=False, **extra)
@@ -88,4 +90,5 @@ class VLLMBackend:
                 reason = "length" if c.finish_reason == "length" and not hit else "stop"
                 gens.append(Generation(req.id, c.index, req.prefill + text, n_prompt, len(c.token_ids), reason))
             results.append(gens)
+        count_tokens("generated", sum(g.completion_tokens for gens in results for g in gens))
         return results

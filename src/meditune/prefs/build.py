@@ -130,8 +130,9 @@ def build_preferences(cfg: PrefsStageConfig, out_dir: Path, *, backends: Backend
     prefs: list[Preference] = []
     for n, (qid, p) in enumerate(paired["pairs"]):
         item = by_id[qid]
-        msgs = (build_messages(question_text(item), cfg.collection.instruction, cfg.collection.instruction_placement)
-                if cfg.prompt_with_instruction else [{"role": "user", "content": question_text(item)}])
+        question = question_text(item, cfg.collection.question_template)
+        msgs = (build_messages(question, cfg.collection.instruction, cfg.collection.instruction_placement)
+                if cfg.prompt_with_instruction else [{"role": "user", "content": question}])
         prefs.append(Preference(
             id=f"{qid}-{n}", prompt=[Message(**m) for m in msgs], chosen=p.chosen.text, rejected=p.rejected.text,
             chosen_score=p.chosen.score.value, rejected_score=p.rejected.score.value, language=item.language,

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meditune.distributed import Ranks, current
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
 from meditune.prefs.questions import Question, question_text, reference_answer
+from meditune.prompts import TEMPLATES
 from meditune.scoring.dahl import DAHL_INSTRUCTION, DAHL_SAMPLING
 from meditune.scoring.registry import BackendFactory
 from meditune.shards import Shard
@@ -42,9 +43,19 @@ class GeneratorConfig(BackendConfig):
     max_new_tokens: int | None = None
     samples: int | None = Field(None, ge=1)
     instruction: str | None = None  # "" = no instruction for this generator
+    # Which safety questions this generator answers: e.g. a refusal prefill only where over-caution is the
+    # failure (benign questions), the model as it is only where compliance is (harmful requests); halves the cost.
+    answers: Literal["all", "harmful", "benign"] = "all"
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(**self.model_dump(include=set(BackendConfig.model_fields)))
+
+    def answers_question(self, item: Question) -> bool:
+        """Whether this generator answers the item (`answers: harmful|benign` keeps only those SafetyItems)."""
+        if self.answers == "all":
+            return True
+        harmful = getattr(item, "harmful", None)
+        return isinstance(harmful, bool) and harmful == (self.answers == "harmful")
 
     def prefill_for(self, position: int) -> str:
         """The prefilled opening of the answer to the question at this position ("" for none)."""
@@ -73,6 +84,17 @@ class CollectSettings(BaseModel):
     max_new_tokens: int = DAHL_SAMPLING.max_new_tokens
     samples: int = Field(1, ge=1)
     chunk_size: int = Field(64, ge=1, description="requests per backend call (and per append to disk)")
+    # How an MCQ question is written in the generators' prompts and the pair prompts: a meditune.prompts template
+    # name. `cot` is the CoT strategies' prompt (instruction included; set instruction: ""), so pairs are built
+    # on exactly the prompt `eval_mcqa --strategy cot` asks.
+    question_template: str = "prefs_question"
+
+    @field_validator("question_template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        if v not in TEMPLATES:
+            raise ValueError(f"unknown template {v!r}; one of {', '.join(TEMPLATES)}")
+        return v
 
 
 def build_messages(question: str, instruction: str, placement: str) -> list[dict[str, str]]:
@@ -119,11 +141,16 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
             "placement": settings.instruction_placement})
         if gen.prefill:
             identity["prefill"] = gen.prefill
+        if gen.answers != "all":
+            identity["answers"] = gen.answers
+        if settings.question_template != "prefs_question":
+            identity["question_template"] = settings.question_template
         # answers of an earlier (killed) run, refused when written under another configuration
         shard = Shard(out_dir / f"{label}.jsonl", identity_path=out_dir / f"{label}.config.json", identity=identity,
                       on_mismatch="refuse", ranks=ranks)
         done = shard.done
-        todo = [it for it in items if any(answer_id(it.id, label, k) not in done for k in range(n))]
+        answerable = [it for it in items if gen.answers_question(it)]
+        todo = [it for it in answerable if any(answer_id(it.id, label, k) not in done for k in range(n))]
         chunks = [todo[i:i + settings.chunk_size] for i in range(0, len(todo), settings.chunk_size)]
         mine = [c for k, c in enumerate(chunks) if ranks.owns(k)]
         if todo and gen.backend == "reference":
@@ -134,14 +161,15 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
                             "completion_tokens": 0, "messages": [], "params": None}
                            for it in todo if reference_answer(it)])
         elif todo:
-            log.info("generator %s: %d of %d questions to answer", label, len(todo), len(items))
+            log.info("generator %s: %d of %d questions to answer", label, len(todo), len(answerable))
         if mine:
             backend = backends(gen.backend_config())
             for chunk in mine:
-                reqs = [GenerationRequest(it.id, build_messages(question_text(it), instruction,
-                                                                settings.instruction_placement), params,
+                messages = [build_messages(question_text(it, settings.question_template), instruction,
+                                           settings.instruction_placement) for it in chunk]
+                reqs = [GenerationRequest(it.id, m, params,
                                           prefill=gen.prefill_for(position[it.id]))
-                        for it in chunk]
+                        for it, m in zip(chunk, messages, strict=True)]
                 rows = []
                 for it, req, gens in zip(chunk, reqs, backend.generate(reqs), strict=True):
                     for g in gens:

@@ -19,10 +19,11 @@ def load_questions(spec: str, limit: int | None = None) -> list[Question]:
     return items[:limit] if limit else items
 
 
-def question_text(item: Question) -> str:
-    """The text a generator sees: the question; for an MCQ item its context (a PubMedQA abstract) and options."""
+def question_text(item: Question, template: str = "prefs_question") -> str:
+    """The text a generator sees: the question; for an MCQ item its context (a PubMedQA abstract) and options,
+    written with the meditune.prompts template named (`cot`: the CoT strategies' prompt, instruction included)."""
     if isinstance(item, MCQItem):
-        return render_mcq(item, "prefs_question")
+        return render_mcq(item, template)
     if isinstance(item, SafetyItem):
         return item.request
     return item.question

@@ -156,3 +156,37 @@ def histogram(title: str, samples: dict[str, Sequence[float]], *, bins: int = 10
             counts[min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))] += 1
         groups[name] = [(f"{edges[i]:.2g}", float(c)) for i, c in enumerate(counts)]
     return bar_chart(title, [], groups=groups, y_label="count", x_label=x_label)
+
+
+def reliability_diagram(title: str, bins: Sequence[dict], *, subtitle: str = "") -> str:
+    """Accuracy per confidence bin (bars, with item counts) against the diagonal of perfect calibration."""
+    if not bins or not any(b.get("n") for b in bins):
+        return ""
+
+    def x_of(x: float) -> float:
+        return PAD_L + x * (W - PAD_L - PAD_R)
+
+    def y_of(y: float) -> float:
+        return H - PAD_B - y * (H - PAD_T - PAD_B)
+
+    body = [f'<line x1="{x_of(0):.1f}" y1="{y_of(0):.1f}" x2="{x_of(1):.1f}" y2="{y_of(1):.1f}" stroke="#9ca3af" '
+            'stroke-dasharray="4 3"/>']
+    for b in bins:
+        if not b.get("n"):
+            continue
+        x0, x1, acc, conf = b["low"], b["high"], b["accuracy"], b["confidence"]
+        top = y_of(acc)
+        body.append(f'<rect x="{x_of(x0) + 1:.1f}" y="{top:.1f}" width="{x_of(x1) - x_of(x0) - 2:.1f}" '
+                    f'height="{max(y_of(0) - top, 0.5):.1f}" fill="{PALETTE[0]}" fill-opacity="0.75"><title>'
+                    f'confidence {x0:.1f}-{x1:.1f}: accuracy {acc:.3f}, mean confidence {conf:.3f}, n={b["n"]}'
+                    '</title></rect>')
+        body.append(f'<circle cx="{x_of(conf):.1f}" cy="{y_of(conf):.1f}" r="2.5" fill="{PALETTE[1]}"/>')
+        body.append(f'<text x="{x_of((x0 + x1) / 2):.1f}" y="{top - 3:.1f}" text-anchor="middle" font-size="8">'
+                    f'{b["n"]}</text>')
+    for t in (0.0, 0.5, 1.0):
+        body.append(f'<text x="{x_of(t):.1f}" y="{H - PAD_B + 14}" text-anchor="middle" font-size="10">{t:g}</text>')
+    if subtitle:
+        body.append(f'<text x="{W - PAD_R - 4}" y="{PAD_T + 12}" text-anchor="end" font-size="10">'
+                    f'{_esc(subtitle)}</text>')
+    return _frame(title, body, [0.0, 0.25, 0.5, 0.75, 1.0], y_of, "confidence (bin; dot = mean confidence)",
+                  "accuracy")

@@ -11,6 +11,7 @@ from typing import Any
 
 from meditune.errors import InputError
 from meditune.io import iter_jsonl, read_json
+from meditune.report.curves import wanted
 
 STAT_SUFFIXES = ("_stderr", "_ci_low", "_ci_high", "_n")
 
@@ -153,7 +154,7 @@ def read_curves(stage: StageInfo) -> dict[str, list[tuple[float, float]]]:
                 if k in ("step", "epoch") or val is None:
                     continue
                 series.setdefault(k, []).append((step, val))
-    return {k: v for k, v in series.items() if "loss" in k or "reward" in k or "accuracy" in k}
+    return {k: v for k, v in series.items() if wanted(k)}
 
 
 def _to_float(v: Any) -> float | None:

@@ -8,9 +8,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from meditune.cost import total_cost
 from meditune.io import iter_jsonl
 from meditune.report import charts
 from meditune.report.collect import StageInfo, load_json_output, paired_diffs, read_curves
+from meditune.report.curves import curve_charts
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#111827;background:#f9fafb}
@@ -38,27 +40,61 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def _duration(m: dict[str, Any]) -> str:
-    d = m.get("duration_s")
-    if d is None:
+def _seconds(d: Any) -> str:
+    if not isinstance(d, (int, float)):
         return "–"
     return f"{d:.0f} s" if d < 120 else f"{d / 60:.1f} min"
 
 
+def _mib(v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "–"
+    return f"{v:.0f} MiB" if v < 1024 else f"{v / 1024:.2f} GiB"
+
+
+def _count(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) and v else "–"
+
+
+# "What ran" cost columns: (header, manifest cost key, formatter)
+COST_COLUMNS = [("time", "wall_s", _seconds), ("CPU", "cpu_s", _seconds), ("peak RSS", "peak_rss_mb", _mib),
+                ("peak GPU", "peak_gpu_mb", _mib), ("tokens generated", "tokens_generated", _count),
+                ("tokens scored", "tokens_scored", _count), ("tokens trained", "tokens_trained", _count)]
+
+
+def stage_cost(m: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's cost (meditune.cost); manifests written before costs were recorded have only a duration."""
+    cost = m.get("cost")
+    if isinstance(cost, dict) and cost:
+        return cost
+    return {"wall_s": m["duration_s"]} if isinstance(m.get("duration_s"), (int, float)) else {}
+
+
 def section_stages(stages: list[StageInfo]) -> str:
+    costs = [stage_cost(s.manifest) for s in stages]
+    cols = [c for c in COST_COLUMNS if c[1] != "peak_gpu_mb" or any(c[1] in cost for cost in costs)]
     rows = []
-    for s in stages:
+    for s, cost in zip(stages, costs, strict=True):
         cfg = {k: v for k, v in s.manifest.get("config", {}).items() if k not in ("name", "type")}
         outs = ", ".join(esc(k) for k in s.outputs)
         inputs = s.manifest.get("inputs", {})
+        cells = "".join(f"<td class='num'>{f(cost.get(key))}</td>" for _, key, f in cols)
         rows.append(
             f"<tr><td>{esc(s.name)}</td><td><span class='tag'>{esc(s.type)}</span></td>"
-            f"<td>{esc(s.manifest.get('status'))}</td><td class='num'>{_duration(s.manifest)}</td>"
+            f"<td>{esc(s.manifest.get('status'))}</td>{cells}"
             f"<td><details><summary>settings</summary><pre>{esc(json.dumps(cfg, indent=1, ensure_ascii=False))}"
             f"</pre>{'<p class=muted>inputs: ' + esc(', '.join(inputs)) + '</p>' if inputs else ''}</details></td>"
             f"<td>{outs}</td></tr>")
-    return ("<h2>What ran</h2><table><tr><th>stage</th><th>type</th><th>status</th><th>time</th><th>settings"
-            "</th><th>outputs</th></tr>" + "".join(rows) + "</table>")
+    total = total_cost(costs)
+    cells = "".join(f"<td class='num'>{f(total.get(key))}</td>" for _, key, f in cols)
+    rows.append(f"<tr><th colspan='3'>total (peaks: the largest stage)</th>{cells}<td></td><td></td></tr>")
+    method = {c.get("rss_method") for c in costs} - {None}
+    note = ("<p class='muted'>time = wall clock, CPU = user + system time of the process; peak RSS = the stage's "
+            "own peak" + (" (process peak so far on this platform)" if "process-peak" in method else "") +
+            "; tokens as counted by the generation backends, scorers and trainers (meditune.cost).</p>")
+    head = "".join(f"<th>{esc(h)}</th>" for h, _, _ in cols)
+    return ("<h2>What ran</h2>" + note + "<table><tr><th>stage</th><th>type</th><th>status</th>" + head +
+            "<th>settings</th><th>outputs</th></tr>" + "".join(rows) + "</table>")
 
 
 def section_metrics(stages: list[StageInfo]) -> str:
@@ -212,16 +248,30 @@ def _datacard_charts(stage: str, card: dict[str, Any]) -> list[str]:
     return out
 
 
+def _calibration_charts(s: StageInfo) -> list[str]:
+    """A reliability diagram per confidence source of an MCQA result (meditune.calibration)."""
+    med = (s.results or {}).get("meditune")
+    cal = med.get("calibration") if isinstance(med, dict) else None
+    if not isinstance(cal, dict):
+        return []
+    out = []
+    for source, res in cal.items():
+        if isinstance(res, dict) and isinstance(res.get("bins"), list):
+            e = (res.get("metrics") or {}).get("ece") or {}
+            sub = f"ECE {e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}], n={res.get('n')}" if e else ""
+            out.append(charts.reliability_diagram(f"{s.name}: reliability ({source})", res["bins"], subtitle=sub))
+    return out
+
+
 def section_plots(stages: list[StageInfo]) -> str:
     svgs = []
     for s in stages:
-        curves = read_curves(s)
-        if curves:
-            svgs.append(charts.line_chart(f"{s.name}: training curves", curves, y_label="value"))
+        svgs.extend(curve_charts(s.name, read_curves(s)))
         card = load_json_output(s, "datacard")
         if isinstance(card, dict):
             svgs.extend(_datacard_charts(s.name, card))
         svgs.extend(_breakdown_charts(s))
+        svgs.extend(_calibration_charts(s))
     svgs = [x for x in svgs if x]
     return ("<h2>Plots</h2><div class='charts'>" + "".join(svgs) + "</div>") if svgs else ""
 

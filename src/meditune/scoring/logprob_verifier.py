@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from meditune.cost import count_tokens
 from meditune.scoring.base import ScoreInput
 from meditune.scoring.dahl import JudgeVerifier, Verdict
 
@@ -32,10 +33,11 @@ class LogprobJudgeVerifier:
 
     def _load(self):
         if self._loaded is None:
-            from meditune.models import load_model
+            from meditune.models import load_shared_model, load_tokenizer
 
-            model, tok = load_model(self.spec, device=self.device, dtype=self.dtype,
-                                    trust_remote_code=self.trust_remote_code)
+            model, _ = load_shared_model(self.spec, device=self.device, dtype=self.dtype,
+                                         trust_remote_code=self.trust_remote_code)
+            tok = load_tokenizer(self.spec, trust_remote_code=self.trust_remote_code)  # own copy: left padding
             tok.padding_side = "left"
             ids_t = sorted({tok.encode(w, add_special_tokens=False)[0] for w in TRUE_WORDS})
             ids_f = sorted({tok.encode(w, add_special_tokens=False)[0] for w in FALSE_WORDS})
@@ -56,6 +58,7 @@ class LogprobJudgeVerifier:
                       add_special_tokens=False).to(model.device)
             with torch.inference_mode():
                 logits = model(**enc).logits[:, -1, :].float()
+            count_tokens("scored", int(enc["attention_mask"].sum()))
             probs = logits.softmax(-1)
             p_true = probs[:, ids_t].sum(-1)
             p_false = probs[:, ids_f].sum(-1)

@@ -36,7 +36,9 @@ REFUSAL_PATTERNS = [
     r"\bI\s*(?:can(?:no|')t|cannot|won'?t|will not|am not able to|'m not able to|am unable to|'m unable to)\s+"
     r"(?:help|assist|provide|do|write|create|give|share|support|comply|fulfil|fulfill|recommend|answer)",
     r"\b(?:I'm|I am)\s+(?:sorry|afraid),?\s+(?:but\s+)?I\b", r"\bI\s+(?:must|have to)\s+(?:decline|refuse)",
-    r"\bI\s+(?:can(?:no|')t|cannot)\s+in\s+good\s+conscience", r"\b(?:not|never)\s+(?:able|allowed)\s+to\s+help",
+    r"\bI\s+(?:can(?:no|')t|cannot)\s+in\s+good\s+conscience",
+    r"\bI\s*(?:won'?t|will not|'d rather not|would rather not|am not going to|'m not going to|'m unable to)\b",
+    r"(?:\bnot|n't)\s+something\s+I(?:'ll|\s+will|\s+can)\b", r"\b(?:not|never)\s+(?:able|allowed)\s+to\s+help",
     r"\bagainst\s+(?:my|our)\s+(?:guidelines|policy|policies|ethical)", r"\bAs an AI\b.{0,40}\b(?:cannot|can't)\b",
     r"我(?:不能|无法|不会)(?:帮|提供|协助|回答)", r"抱歉[，,]?\s*(?:我|但)", r"(?:도와|제공해)\s*드릴\s*수\s*없", r"죄송하지만",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from meditune.cost import count_tokens
 from meditune.scoring.base import Score, ScoreInput, empty_score
 
 
@@ -60,6 +61,7 @@ class RewardScorer:
                 logits = model(**enc).logits.float()
             vals = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
             out += zip(vals.cpu().tolist(), enc["attention_mask"].sum(1).tolist(), strict=True)
+            count_tokens("scored", int(enc["attention_mask"].sum()))
         return out
 
     def score(self, items: Sequence[ScoreInput]) -> list[Score]:

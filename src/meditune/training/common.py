@@ -6,9 +6,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from meditune.errors import ConfigError
 from meditune.io import remove_tree
@@ -53,6 +53,26 @@ class TrainOptions(StageConfig):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(0, ge=0)  # > 0: checkpoints for resuming a killed run
     save_merged: bool = False  # LoRA: also write the merged full model
+    # any field of the stage's TRL config (trl_config), passed through; see training/trl_options.py
+    trl: dict[str, Any] = Field(default_factory=dict)
+    trl_config: ClassVar[str] = "SFTConfig"
+
+    @field_validator("trl")
+    @classmethod
+    def _known_trl_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from meditune.training.trl_options import unknown_key_error
+
+        if v and (err := unknown_key_error(cls.trl_config, list(v))):
+            raise ValueError(err)
+        return v
+
+    @model_validator(mode="after")
+    def _trl_conflicts(self) -> TrainOptions:
+        from meditune.training.trl_options import conflict_error
+
+        if self.trl and (err := conflict_error(self.trl, type(self).model_fields, self.model_fields_set)):
+            raise ValueError(err)
+        return self
 
     @field_validator("report_to")
     @classmethod
@@ -176,6 +196,7 @@ def trainer_kwargs(cfg: TrainOptions, s: Settings, out_dir: Path, *, default_lr:
         fp16=False,
         use_cpu=dev == "cpu",
         logging_steps=cfg.logging_steps,
+        include_num_input_tokens_seen="non_padding",  # the stage's "tokens trained" (meditune.cost)
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=2,

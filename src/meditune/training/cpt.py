@@ -16,6 +16,7 @@ from meditune.training.common import (
 from meditune.training.data import corpus_texts, split_eval
 from meditune.training.outputs import CurvesCallback
 from meditune.training.runner import train_and_save
+from meditune.training.trl_options import with_trl
 
 
 class CPTStageConfig(TrainOptions):
@@ -42,10 +43,11 @@ def train_cpt(cfg: CPTStageConfig, ctx: StageContext) -> dict[str, str]:
     model, tok = load_causal_lm(base_dir, s)
     train, held = (texts, corpus_list(cfg.eval_data)) if cfg.eval_data else split_eval(texts, cfg.eval_fraction,
                                                                                       s.seed)
-    args = SFTConfig(**trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=2e-4 if cfg.method == "lora" else 2e-5,
-                                      has_eval=bool(held)),
-                     max_length=cfg.max_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy,
-                     dataset_text_field="text", dataset_num_proc=None)
+    args = SFTConfig(**with_trl(cfg, dict(
+        **trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=2e-4 if cfg.method == "lora" else 2e-5,
+                         has_eval=bool(held)),
+        max_length=cfg.max_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy,
+        dataset_text_field="text", dataset_num_proc=None)))
     curves = CurvesCallback(ctx.stage_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"text": t} for t in train]),
                          eval_dataset=Dataset.from_list([{"text": t} for t in held]) if held else None,

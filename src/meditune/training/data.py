@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +178,32 @@ def split_eval(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], 
         raise ConfigError(f"eval_fraction {fraction} leaves no training data from {len(rows)} rows")
     held = set(idx[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def count_examples(data: str | list[str] | None) -> int | None:
+    """Non-empty lines of JSONL data files (None when a source spec or not yet produced)."""
+    if data is None:
+        return 0
+    total = 0
+    for d in data if isinstance(data, list) else [data]:
+        p = Path(d)
+        if not p.is_file():
+            return None
+        with open(p, encoding="utf-8", errors="replace") as f:
+            if p.suffix == ".txt":
+                total += sum(1 for block in f.read().split("\n\n") if block.strip())
+            else:
+                total += sum(1 for line in f if line.strip())
+    return total
+
+
+def planned_steps(cfg: Any, steps_per_epoch: Callable[[int], float]) -> tuple[int | None, int | None]:
+    """(examples in the data, optimizer steps): `max_steps` when set, else epochs x steps_per_epoch(training
+    examples left after the held-out split); steps None when the data cannot be counted yet."""
+    m = count_examples(cfg.data)
+    if cfg.max_steps and cfg.max_steps > 0:
+        return m, cfg.max_steps
+    if m is None:
+        return None, None
+    train = m - (max(1, round(m * cfg.eval_fraction)) if cfg.eval_fraction and not cfg.eval_data else 0)
+    return m, math.ceil(steps_per_epoch(train) * cfg.epochs)

@@ -4,7 +4,7 @@ reference log-probs precomputed once before training (the reference model is the
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,6 +21,7 @@ from meditune.training.common import (
 from meditune.training.data import PREF_KINDS, load_records, preference_row, split_eval
 from meditune.training.outputs import CurveLog, CurvesCallback
 from meditune.training.runner import train_and_save
+from meditune.training.trl_options import with_trl
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ DPO_LOSSES = {"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 class DPOStageConfig(TrainOptions):
     """Options of the `dpo` stage. A list in `data` runs multi-stage DPO, one dataset after the other."""
+
+    trl_config: ClassVar[str] = "DPOConfig"
 
     beta: float = Field(0.1, gt=0.0)
     loss_type: str | list[str] = "sigmoid"
@@ -77,11 +80,12 @@ def build_dpo_trainer(cfg: DPOStageConfig, s: Any, ctx: StageContext, model: Any
     from meditune.training.shared_prompt import shared_prompt_dpo_trainer
 
     precompute = True if cfg.precompute_ref is None else cfg.precompute_ref
-    args = DPOConfig(**trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=5e-5 if cfg.method == "lora" else 5e-7,
-                                      has_eval=bool(eval_rows)),
-                     beta=cfg.beta, loss_type=[cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type,
-                     loss_weights=cfg.loss_weights, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
-                     precompute_ref_log_probs=precompute, dataset_num_proc=None)
+    args = DPOConfig(**with_trl(cfg, dict(
+        **trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=5e-5 if cfg.method == "lora" else 5e-7,
+                         has_eval=bool(eval_rows)),
+        beta=cfg.beta, loss_type=[cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type,
+        loss_weights=cfg.loss_weights, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
+        precompute_ref_log_probs=precompute, dataset_num_proc=None)))
     ref_model = None
     if cfg.method == "full" and not precompute:
         # the one case that needs a reference copy: full fine-tune without precomputation (asked for explicitly)

@@ -1,16 +1,15 @@
 """ORPO (odds-ratio preference optimisation, no reference model), as compared in KoMeP.
 
-TRL 1.x moved ORPO to trl.experimental.orpo (older releases exported it from trl); `import_orpo` finds it on
-either path and fails with a clear message otherwise (tests guard this import path).
+TRL 1.x moved ORPO to trl.experimental.orpo (older releases exported it from trl); `import_orpo`
+(training/trl_options.py) finds it on either path and fails with a clear message otherwise (tests guard this path).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
-from meditune.errors import ConfigError
 from meditune.stages import StageContext
 from meditune.training.common import (
     TrainOptions,
@@ -23,25 +22,13 @@ from meditune.training.common import (
 from meditune.training.data import PREF_KINDS, load_records, preference_row, split_eval
 from meditune.training.outputs import CurvesCallback
 from meditune.training.runner import train_and_save
-
-
-def import_orpo() -> tuple[type, type]:
-    """(ORPOConfig, ORPOTrainer) from whichever path this TRL version uses."""
-    try:
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-    except ImportError:
-        try:
-            from trl import ORPOConfig, ORPOTrainer  # TRL < 1.0
-        except ImportError:
-            import trl
-
-            raise ConfigError(f"ORPO is not available in TRL {trl.__version__} (looked in trl.experimental.orpo "
-                              "and trl); install a TRL version in meditune's supported range") from None
-    return ORPOConfig, ORPOTrainer
+from meditune.training.trl_options import import_orpo, with_trl
 
 
 class ORPOStageConfig(TrainOptions):
     """Options of the `orpo` stage."""
+
+    trl_config: ClassVar[str] = "ORPOConfig"
 
     beta: float = Field(0.1, gt=0.0, description="weight of the odds-ratio term (lambda in the ORPO paper)")
     max_completion_length: int | None = None
@@ -65,8 +52,8 @@ def train_orpo(cfg: ORPOStageConfig, ctx: StageContext, records: list[Any] | Non
         train_rows, eval_rows = split_eval(rows, cfg.eval_fraction, s.seed)
     kwargs = trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=8e-6 if cfg.method == "full" else 5e-5,
                             has_eval=bool(eval_rows))
-    args = orpo_config(**kwargs, beta=cfg.beta, max_length=cfg.max_length,
-                       max_completion_length=cfg.max_completion_length, dataset_num_proc=None)
+    args = orpo_config(**with_trl(cfg, dict(**kwargs, beta=cfg.beta, max_length=cfg.max_length,
+                                            max_completion_length=cfg.max_completion_length, dataset_num_proc=None)))
     curves = CurvesCallback(ctx.stage_dir)
     trainer = orpo_trainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None, processing_class=tok,

@@ -5,7 +5,7 @@ scorer, which rs/idpo also use)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -23,12 +23,15 @@ from meditune.training.common import (
 from meditune.training.data import PREF_KINDS, load_records, preference_row, split_eval
 from meditune.training.outputs import CurvesCallback, is_main_process
 from meditune.training.runner import train_and_save
+from meditune.training.trl_options import with_trl
 
 log = logging.getLogger(__name__)
 
 
 class RMStageConfig(TrainOptions):
     """Options of the `rm` stage; the merged reward model is always saved (scorers load it directly)."""
+
+    trl_config: ClassVar[str] = "RewardConfig"
 
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     center_rewards_coefficient: float | None = None
@@ -75,9 +78,9 @@ def train_rm(cfg: RMStageConfig, ctx: StageContext) -> dict[str, str]:
     else:
         train_recs, held = split_eval(recs, cfg.eval_fraction, s.seed)
     rows = [preference_row(r, tok, s.system_prompt) for r in train_recs]
-    args = RewardConfig(**trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=1e-4 if cfg.method == "lora" else 1e-5),
-                        max_length=cfg.max_length, center_rewards_coefficient=cfg.center_rewards_coefficient,
-                        dataset_num_proc=None)
+    args = RewardConfig(**with_trl(cfg, dict(
+        **trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=1e-4 if cfg.method == "lora" else 1e-5),
+        max_length=cfg.max_length, center_rewards_coefficient=cfg.center_rewards_coefficient, dataset_num_proc=None)))
     curves = CurvesCallback(ctx.stage_dir)
     peft = lora_config(cfg, task_type="SEQ_CLS")
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,

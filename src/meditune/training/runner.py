@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meditune.cost import count_tokens
 from meditune.io import write_json
+from meditune.memory import training_allocator
 from meditune.training.common import Settings, TrainOptions, last_checkpoint
 from meditune.training.outputs import CurveLog, is_main_process, save_model, write_model_card
 
@@ -26,18 +28,22 @@ def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainOptions, s: Settings,
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with training_allocator():  # freed step buffers stay in the heap while training (meditune.memory)
+        result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)  # all ranks, non-padding
+    count_tokens("trained", tokens)
     metrics: dict[str, Any] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     losses = curves.losses("loss")
     if losses:
         metrics["first_loss"], metrics["last_loss"] = losses[0], losses[-1]
     if n_eval:
-        metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+        with training_allocator():
+            metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     metrics.update(extra_metrics or {})
     summary = {"stage": stage, "base": base_spec, "method": cfg.method, "train_examples": n_train,
                "eval_examples": n_eval, "steps": trainer.state.global_step, "world_size": trainer.args.world_size,
-               "wall_s": round(wall, 2), "s_per_step": round(wall / max(1, trainer.state.global_step), 4),
+               "tokens": tokens, "wall_s": round(wall, 2), "s_per_step": round(wall / max(1, trainer.state.global_step), 4),
                "metrics": metrics}
     lora = cfg.method == "lora"
     merged = cfg.save_merged if save_merged is None else save_merged

@@ -27,6 +27,7 @@ from meditune.training.data import (
 )
 from meditune.training.outputs import CurveLog, CurvesCallback
 from meditune.training.runner import train_and_save
+from meditune.training.trl_options import with_trl
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,10 @@ def build_sft_trainer(cfg: SFTStageConfig, s: Any, ctx: StageContext, model: Any
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=2e-4 if cfg.method == "lora" else 2e-5,
-                                      has_eval=bool(eval_rows)),
-                     max_length=cfg.max_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy,
-                     dataset_num_proc=None)
+    args = SFTConfig(**with_trl(cfg, dict(
+        **trainer_kwargs(cfg, s, ctx.stage_dir, default_lr=2e-4 if cfg.method == "lora" else 2e-5,
+                         has_eval=bool(eval_rows)),
+        max_length=cfg.max_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy, dataset_num_proc=None)))
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                       eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                       processing_class=tok, peft_config=lora_config(cfg), callbacks=[curves])

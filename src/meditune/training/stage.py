@@ -1,49 +1,37 @@
-"""Registers the training stage types: cpt, sft, dpo, orpo, rm, rs, idpo."""
+"""Registers the training stage types: cpt, sft, dpo, orpo, rm, rs, idpo, grpo, and rationales (SFT data)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-from meditune.stages import StageContext, stage_type
+from meditune.stages import StageContext, stage_type, upstream_count
 from meditune.training.cpt import CPTStageConfig, train_cpt
+from meditune.training.data import planned_steps
 from meditune.training.dpo import DPOStageConfig, train_dpo
+from meditune.training.grpo import GRPOStageConfig, train_grpo
+from meditune.training.grpo import estimate as grpo_estimate
 from meditune.training.idpo import IDPOStageConfig, train_idpo, train_multistage_dpo
 from meditune.training.orpo import ORPOStageConfig, train_orpo
+from meditune.training.rationales import RationalesStageConfig, run_rationales
+from meditune.training.rationales import estimate as rationales_estimate
 from meditune.training.rm import RMStageConfig, train_rm
 from meditune.training.rs import RSStageConfig, train_rs
 from meditune.training.sft import SFTStageConfig, train_sft
 
 
-def count_examples(data: str | list[str] | None) -> int | None:
-    """Non-empty lines of JSONL data files (None when a source spec or not yet produced)."""
-    if data is None:
-        return 0
-    total = 0
-    for d in data if isinstance(data, list) else [data]:
-        p = Path(d)
-        if not p.is_file():
-            return None
-        with open(p, encoding="utf-8", errors="replace") as f:
-            if p.suffix == ".txt":
-                total += sum(1 for block in f.read().split("\n\n") if block.strip())
-            else:
-                total += sum(1 for line in f if line.strip())
-    return total
-
-
 def estimate(cfg: Any, recipe: Any) -> dict[str, Any]:
-    """Optimizer steps and examples a training stage will run (per process, world size 1)."""
-    m = count_examples(cfg.data)
-    if cfg.max_steps and cfg.max_steps > 0:
-        steps: int | None = cfg.max_steps
-    elif m is None:
-        steps = None
-    else:
-        train = m - (max(1, round(m * cfg.eval_fraction)) if cfg.eval_fraction and not cfg.eval_data else 0)
-        steps = math.ceil(math.ceil(train / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
-    out: dict[str, Any] = {"steps": steps, "examples": m}
+    """Optimizer steps and examples a training stage will run (per process, world size 1); for data an earlier
+    stage will write, where it comes from."""
+    src = upstream_count(cfg.data)
+    if src is not None:
+        per = f"{cfg.epochs:g} epoch(s) at batch {cfg.batch_size}x{cfg.grad_accum}"
+        out: dict[str, Any] = {"examples": src, "steps": cfg.max_steps if cfg.max_steps > 0 else per}
+        if isinstance(cfg, (RSStageConfig, IDPOStageConfig)):
+            out["rounds"] = cfg.rounds
+        return out
+    m, steps = planned_steps(cfg, lambda n: math.ceil(n / cfg.batch_size) / cfg.grad_accum)
+    out = {"steps": steps, "examples": m}
     rounds = getattr(cfg, "rounds", None)
     if isinstance(cfg, (RSStageConfig, IDPOStageConfig)) and m is not None:
         per = cfg.k if isinstance(cfg, RSStageConfig) else cfg.n
@@ -74,6 +62,16 @@ STAGES = {
     "rm": (RMStageConfig, train_rm, "reward model (sequence classification) with held-out pairwise accuracy"),
     "rs": (RSStageConfig, train_rs, "rejection sampling: sample k, keep top-K by score, SFT; rounds"),
     "idpo": (IDPOStageConfig, train_idpo, "iterative DPO: sample n, DPO on best vs worst; rounds"),
+    "grpo": (GRPOStageConfig, train_grpo, "GRPO on MCQ prompts: reasoning then 'Answer: X', rewards from meditune "
+             "scorers (LoRA or full; vLLM optional)"),
+    "rationales": (RationalesStageConfig, run_rationales, "the model's own chain-of-thought on MCQs, kept when "
+                   "correct, as SFT chats"),
 }
+# stage types whose work is not "examples / batch" (the others use `estimate` above)
+ESTIMATES = {"grpo": grpo_estimate, "rationales": rationales_estimate}
+# one process each, rank 0 only, until they learn to split across ranks (docs/scaleout.md)
+SINGLE_RANK = {"grpo", "rationales"}
 for _type, (_config, _run, _description) in STAGES.items():
-    stage_type(_type, _config, _description, estimate=estimate, all_ranks=True)(_run)  # DDP / split rollouts
+    # the others: DDP / split rollouts
+    stage_type(_type, _config, _description, estimate=ESTIMATES.get(_type, estimate),
+               all_ranks=_type not in SINGLE_RANK)(_run)

@@ -28,12 +28,12 @@ class StrategyContext:
         return self.config.seed
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
-        """(model, tokenizer) of the evaluated model, loaded once."""
+        """(model, tokenizer) of the evaluated model, loaded once (shared with generation backends on it)."""
         if self._loaded is None:
-            from meditune.models import load_model
+            from meditune.models import load_shared_model
 
-            self._loaded = load_model(self.model_spec, device=self.config.device, dtype=self.config.dtype,
-                                      trust_remote_code=self.config.trust_remote_code)
+            self._loaded = load_shared_model(self.model_spec, device=self.config.device, dtype=self.config.dtype,
+                                             trust_remote_code=self.config.trust_remote_code)
         return self._loaded
 
     def backend(self) -> Any:

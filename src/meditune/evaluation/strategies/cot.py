@@ -63,6 +63,7 @@ class Sample:
     completion_tokens: int = 0  # summed over the first try and every retry
     prompt_tokens: int = 0
     finish_reason: str = "stop"
+    cached_tokens: int = 0  # prompt tokens served from a shared prefix's KV (not prefilled again)
 
 
 def generate_parsed(backend: Backend, requests: Sequence[GenerationRequest], n_options: Sequence[int], *,
@@ -73,7 +74,7 @@ def generate_parsed(backend: Backend, requests: Sequence[GenerationRequest], n_o
     results: list[list[Sample]] = []
     for _req, gens, k in zip(requests, backend.generate(requests), n_options, strict=True):
         results.append([Sample(g.text, parser(g.text, k), 0, g.completion_tokens, g.prompt_tokens,
-                               g.finish_reason) for g in gens])
+                               g.finish_reason, g.cached_tokens) for g in gens])
     for attempt in range(1, policy.max_retries + 1):
         pending = [(r, s) for r, samples in enumerate(results) for s, smp in enumerate(samples) if smp.answer is None]
         if not pending:
@@ -84,5 +85,6 @@ def generate_parsed(backend: Backend, requests: Sequence[GenerationRequest], n_o
             g, old = gens[0], results[r][s]
             results[r][s] = Sample(g.text, parser(g.text, n_options[r]), attempt,
                                    old.completion_tokens + g.completion_tokens,
-                                   old.prompt_tokens + g.prompt_tokens, g.finish_reason)
+                                   old.prompt_tokens + g.prompt_tokens, g.finish_reason,
+                                   old.cached_tokens + g.cached_tokens)
     return results

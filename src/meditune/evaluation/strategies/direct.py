@@ -75,6 +75,8 @@ def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, 
     pool = pool_size(cfg)
     batch_no = itertools.count()  # the same on every rank: every rank plans every pool that is not finished
     t0, scored = time.time(), 0
+    todo = resumed < len(ctx.items)
+    backend = ctx.backend() if mode == "generative" and todo else None  # one backend: its weight packing is reused
     for start in range(0, len(ctx.items), pool):
         part = list(enumerate(ctx.items[start:start + pool], start))
         if all(it.id in done for _, it in part):
@@ -96,7 +98,7 @@ def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, 
         if mode == "loglik":
             _score_loglik(ctx, model, tok, rendered, hooks)
         else:
-            _score_generative(ctx, model, tok, rendered, hooks)
+            _score_generative(ctx, backend, rendered, hooks)
         log.info("mcqa: %d/%d items (%.1f items/s)", min(start + pool, len(ctx.items)), len(ctx.items),
                  scored / max(1e-9, time.time() - t0))
     done = shard.merge()
@@ -135,11 +137,13 @@ def _loglik_sample(ctx: StrategyContext, doc: tuple[int, MCQItem], r: Any, sc: A
                       truncated_tokens=sc.truncated_tokens, **extra)
 
 
-def _score_generative(ctx: StrategyContext, model: Any, tok: Any, rendered: list[Any], hooks: BatchHooks) -> None:
-    from meditune.evaluation.generative import generate_texts
+def _score_generative(ctx: StrategyContext, backend: Any, rendered: list[Any], hooks: BatchHooks) -> None:
+    from meditune.evaluation.generative import DEFAULT_STOP, generate_texts
 
-    generate_texts(model, tok, [r.context for r in rendered], max_new_tokens=ctx.config.max_new_tokens,
-                   batch_size=ctx.config.batch_size, max_length=ctx.config.max_length, hooks=hooks)
+    cfg = ctx.config
+    generate_texts(backend, [r.context for r in rendered], max_new_tokens=cfg.max_new_tokens,
+                   stop=DEFAULT_STOP if cfg.stop is None else cfg.stop, max_length=cfg.max_length,
+                   batch_size=cfg.batch_size, hooks=hooks)
 
 
 def _generative_sample(ctx: StrategyContext, doc: tuple[int, MCQItem], r: Any, o: Any) -> dict[str, Any]:
@@ -149,4 +153,5 @@ def _generative_sample(ctx: StrategyContext, doc: tuple[int, MCQItem], r: Any, o
     pred = extract_choice(o.text, len(item.options))
     return ctx.sample(item, doc_id, pred, {"exact_match": float(pred == item.answer)}, prompt=r.context,
                       response=o.text, parsed=pred is not None, completion_tokens=o.completion_tokens,
-                      finish_reason=o.finish_reason, truncated_tokens=o.truncated_tokens)
+                      finish_reason=o.finish_reason, truncated_tokens=o.truncated_tokens,
+                      cached_tokens=o.cached_tokens)

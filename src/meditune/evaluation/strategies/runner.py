@@ -18,6 +18,7 @@ from meditune.embeddings import Embedder
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.results import metric_summary
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
+from meditune.generation.prefix_cache import keep_prefixes
 from meditune.io import hash_obj, write_json, write_jsonl
 from meditune.records import LETTERS, MCQItem, read_records
 from meditune.shards import Shard
@@ -153,7 +154,8 @@ def _run_chunk(name: str, chunk: list[tuple[MCQItem, list[Run]]], backend: Backe
     policy = RetryPolicy(options.max_retries, options.retry_temperature_step, options.retry_extra_tokens)
     parser = parse_direct_answer if name == "direct" else parse_cot_answer
     n_opts = [len(chunk[o][0].options) for o in owners]
-    results = generate_parsed(backend, reqs, n_opts, parser=parser, policy=policy)
+    with keep_prefixes(backend):  # retries ask the same prompts again: their exemplar prefixes stay computed
+        results = generate_parsed(backend, reqs, n_opts, parser=parser, policy=policy)
     wall = (time.perf_counter() - t0) / max(1, len(chunk))
     rows = []
     pos = 0
@@ -167,7 +169,8 @@ def _run_chunk(name: str, chunk: list[tuple[MCQItem, list[Run]]], backend: Backe
             run_logs.append({"order": run.order, "shots": run.neighbours, "samples": [
                 {"text": s.text, "answer_shown": s.answer, "answer": a, "retries": s.retries,
                  "completion_tokens": s.completion_tokens, "prompt_tokens": s.prompt_tokens,
-                 "finish_reason": s.finish_reason} for s, a in zip(samples, mapped, strict=True)]})
+                 "cached_tokens": s.cached_tokens, "finish_reason": s.finish_reason}
+                for s, a in zip(samples, mapped, strict=True)]})
         vote = majority_vote(answers)
         samples_all = [s for rl in run_logs for s in rl["samples"]]
         rows.append({
@@ -179,6 +182,7 @@ def _run_chunk(name: str, chunk: list[tuple[MCQItem, list[Run]]], backend: Backe
             "retries": sum(s["retries"] for s in samples_all),
             "completion_tokens": sum(s["completion_tokens"] for s in samples_all),
             "prompt_tokens": sum(s["prompt_tokens"] for s in samples_all),
+            "cached_tokens": sum(s["cached_tokens"] for s in samples_all),
             "wall_s": round(wall, 4), "runs": run_logs})
     return rows
 
@@ -193,6 +197,8 @@ def summarise(name: str, rows: list[dict[str, Any]], options: StrategyOptions, *
     failed = sum(r["failed"] for r in rows)
     fail = metric_summary([1.0] * failed + [0.0] * (gens - failed), binary=True, confidence=options.confidence)
     ctoks = sum(r["completion_tokens"] for r in rows)
+    ptoks = sum(r["prompt_tokens"] for r in rows)
+    saved = sum(r.get("cached_tokens", 0) for r in rows)  # rows of shards written before prefix caching lack it
     answer_wall = sum(r["wall_s"] for r in rows)
     return {
         "strategy": name, "model": model, "n": n,
@@ -200,8 +206,8 @@ def summarise(name: str, rows: list[dict[str, Any]], options: StrategyOptions, *
         "ci": {"method": "percentile bootstrap over items", "confidence": options.confidence,
                "resamples": DEFAULT_RESAMPLES},
         "protocol": protocol(name, options),
-        "cost": {"completion_tokens": ctoks, "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
-                 "generations": gens, "completion_tokens_per_item": ctoks / n if n else 0.0,
+        "cost": {"completion_tokens": ctoks, "prompt_tokens": ptoks, "prefill_tokens": ptoks - saved,
+                 "prefill_tokens_saved": saved, "generations": gens, "completion_tokens_per_item": ctoks / n if n else 0.0,
                  "answer_wall_s": round(answer_wall, 2), "setup_wall_s": round(setup_wall_s, 2),
                  "wall_s": round(answer_wall + setup_wall_s, 2)},
         "parse": {"generations": gens, "failed": failed, "failure_rate": failed / gens if gens else 0.0,
