@@ -281,6 +281,71 @@ def test_every_resumable_loop_appends_through_meditune_shards(monkeypatch, tmp_p
     assert written[1].startswith("Shard:cot/.strategy-cot-") and written[4].startswith("ShardDir:cache/entries-")
 
 
+# ----------------------------------------------------------------------------------- several ranks
+
+def test_every_split_loop_takes_its_share_through_meditune_distributed(monkeypatch, tmp_path, tiny_model_dir):
+    """As rank 1 of 2 (collectives faked in one process: rank 0 contributes nothing), every loop that splits its
+    work does only the units meditune.distributed gives rank 1: the odd ones."""
+    from meditune import distributed
+    from meditune.evaluation import loglik_tree
+    from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
+    from meditune.evaluation.strategies import run_strategy
+    from meditune.evaluation.strategies.cot_bank import build_cot_bank
+    from meditune.generation.base import GenerationRequest, ScriptedBackend
+    from meditune.generation.job import run_job
+    from meditune.prefs.build import score_answers
+    from meditune.prefs.collect import CollectSettings, GeneratorConfig, collect
+    from meditune.records import write_records
+    from meditune.scoring.answer import AnswerScorer
+    from meditune.training.rollouts import PromptItem, RolloutOptions, rollouts
+
+    monkeypatch.setattr(distributed, "env_ranks", lambda: distributed.Ranks(rank=1, world=2))
+    monkeypatch.setattr(distributed, "setup", lambda device="auto": None)
+    monkeypatch.setattr(distributed.Ranks, "broadcast", lambda self, obj: obj)
+    monkeypatch.setattr(distributed.Ranks, "all_gather", lambda self, obj: [[] if isinstance(obj, list) else obj, obj])
+    monkeypatch.setattr(distributed.Ranks, "barrier", lambda self: None)
+
+    items = [MCQItem(id=f"q{i}", question=f"Question {i}?", options=["a", "b", "c"], answer=i % 3) for i in range(4)]
+    odd = ["q1", "q3"]
+
+    def asked(backend: ScriptedBackend) -> list[str]:
+        return [r.id.split("#")[0].removeprefix("bank-") for r in backend.calls]
+
+    b = ScriptedBackend(lambda req, i: "Answer: B")
+    with pytest.raises(RuntimeError, match="no result after the merge"):  # rank 0's half is missing here
+        run_job([GenerationRequest(it.id, [{"role": "user", "content": it.question}]) for it in items], b,
+                tmp_path / "job", model={"m": 1}, unit_size=1, progress=False)
+    assert asked(b) == odd
+    b = ScriptedBackend(lambda req, i: "Answer: B")
+    with pytest.raises(KeyError):
+        run_strategy("cot", items, b, {"chunk_size": 1}, tmp_path / "cot", save=False)
+    assert asked(b) == odd
+    b = ScriptedBackend(lambda req, i: "Answer: B")
+    with pytest.raises(KeyError):
+        build_cot_bank(items, b, tmp_path / "bank.jsonl", model="m", chunk_size=1)
+    assert asked(b) == odd
+    b = ScriptedBackend(lambda req, i: "Answer: B")
+    answers = collect(items, [GeneratorConfig(name="g")], CollectSettings(chunk_size=1), tmp_path / "answers",
+                      lambda cfg: b)
+    assert asked(b) == odd and [a["question_id"] for a in answers["g"]] == odd
+    all_answers = [{**answers["g"][0], "id": f"{it.id}|g|0", "question_id": it.id} for it in items]
+    scores = score_answers({it.id: it for it in items}, all_answers, AnswerScorer(), tmp_path / "scores.jsonl", 1)
+    assert sorted(scores) == ["q1|g|0", "q3|g|0"]
+    b = ScriptedBackend(lambda req, i: "Answer: B")
+    prompts = [PromptItem(it.id, [{"role": "user", "content": it.question}], it.question) for it in items]
+    rows = rollouts(tmp_path / "round", "m", prompts, 1, RolloutOptions(), lambda its, rs: [1.0] * len(rs),
+                    seed=0, system_prompt=None, device="cpu", dtype="float32", backend=b)
+    assert asked(b) == odd and [r["id"] for r in rows] == odd and not (tmp_path / "round" / "rollouts.jsonl").exists()
+    forwards: list[int] = []
+    real = loglik_tree.score_tree_batch
+    monkeypatch.setattr(loglik_tree, "score_tree_batch", lambda m, rs: (forwards.append(len(rs)), real(m, rs))[1])
+    write_records(tmp_path / "items.jsonl", items)
+    with pytest.raises(KeyError):
+        evaluate_mcqa(MCQAOptions(data=str(tmp_path / "items.jsonl"), device="cpu", batch_size=1), tmp_path / "mcqa",
+                      model=str(tiny_model_dir))
+    assert forwards == [1, 1]  # 2 of the 4 one-question batches
+
+
 # -------------------------------------------------------------------------------- recipe-wide defaults
 
 def test_every_stage_takes_recipe_defaults_through_one_function(monkeypatch):

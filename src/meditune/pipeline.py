@@ -5,12 +5,17 @@ status. A stage is skipped when its manifest says "done" with the same fingerpri
 upstream output hashes). A stage that crashed ("running"/"failed") with the same fingerprint re-runs in
 place, so its own on-disk resume logic (generation shards, checkpoints) continues where it stopped.
 A changed config, or --force, starts the stage from an empty directory.
+
+Under torchrun / accelerate launch every rank runs the pipeline: rank 0 decides what runs and writes the manifests;
+a stage type registered with all_ranks splits its work across the ranks (meditune.distributed), any other runs on
+rank 0 alone while the others wait; every rank passes a barrier before rank 0 marks a stage done.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from meditune import distributed
 from meditune.cost import measure
 from meditune.errors import ConfigError
 from meditune.io import child, hash_obj, hash_path, is_inside, read_json, remove_tree, write_json
@@ -271,58 +277,85 @@ class Pipeline:
             force: list[str] | None = None) -> dict[str, dict[str, str]]:
         """Run the stages in order, deciding skip/run/resume for each after its upstream ran."""
         _, excluded, forced = self._selection(only, from_stage, force)
+        ranks = distributed.current(self.recipe.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, dict[str, str]] = {}
         self.skipped: list[str] = []
-        with log_to_file(self.run_dir / "run.log"):
+        with log_to_file(self.run_dir / "run.log") if ranks.is_main else nullcontext():
             log.info("run %s in %s: %d stages", self.recipe.name, self.run_dir, len(self.recipe.stages))
             for s in self.recipe.stages:
-                action, reason = self._decide(s, outputs, excluded, forced, set())
-                m = self.manifest(s.name)
+                # rank 0 decides for every rank (their view of the run directory may lag behind)
+                action, reason, done_outputs = ranks.broadcast(self._decision(s, outputs, excluded, forced)
+                                                               if ranks.is_main else None)
                 if action in ("skip", "excluded"):
-                    if m and m.get("status") == "done":
-                        outputs[s.name] = m["outputs"]
+                    if done_outputs is not None:
+                        outputs[s.name] = done_outputs
                     if action == "skip":
                         self.skipped.append(s.name)
                         log.info("skip %s: %s", s.name, reason)
                     continue
-                outputs[s.name] = self._run_stage(s, outputs, fresh=action == "run")
+                outputs[s.name] = self._run_stage(s, outputs, fresh=action == "run", ranks=ranks)
         return outputs
 
-    def _run_stage(self, s: StageConfig, outputs: dict[str, dict[str, str]], *, fresh: bool) -> dict[str, str]:
+    def _decision(self, s: StageConfig, outputs: dict[str, dict[str, str]], excluded: set[str],
+                  forced: set[str]) -> tuple[str, str, dict[str, str] | None]:
+        """(action, reason, outputs of the finished stage or None) for one stage."""
+        action, reason = self._decide(s, outputs, excluded, forced, set())
+        m = self.manifest(s.name)
+        return action, reason, m["outputs"] if m and m.get("status") == "done" else None
+
+    def _run_stage(self, s: StageConfig, outputs: dict[str, dict[str, str]], *, fresh: bool,
+                   ranks: distributed.Ranks = distributed.SOLO) -> dict[str, str]:
         sdir = self.stage_dir(s.name)
         resolved, inputs, fp = self._fingerprint(s, outputs)
-        if fresh and sdir.exists():
-            remove_tree(sdir, inside=self.run_dir)  # a changed or forced stage starts clean; a crashed one resumes in place
-        sdir.mkdir(parents=True, exist_ok=True)
         manifest = {"stage": s.name, "type": s.type, "status": "running", "config": resolved,
                     "recipe": {"name": self.recipe.name, "model": self.recipe.model, "seed": self.recipe.seed},
                     "inputs": inputs, "fingerprint": fp, "versions": package_versions(),
                     "started": now(), "finished": None, "paths": RUN_RELATIVE, "outputs": {}}
-        write_json(sdir / MANIFEST, manifest)
+        if ranks.is_main:
+            if fresh and sdir.exists():
+                remove_tree(sdir, inside=self.run_dir)  # a changed or forced stage starts clean; a crashed one resumes
+            sdir.mkdir(parents=True, exist_ok=True)
+            write_json(sdir / MANIFEST, manifest)
+        ranks.barrier()  # no rank touches the stage directory before rank 0 has cleaned it
         log.info("run %s (%s)", s.name, s.type)
         # re-validate from the keys the recipe set (refs resolved), so "unset" stays unset (model_fields_set), then
         # fill what the stage left unset from the recipe-wide settings: the one place that happens
         cfg = type(s).model_validate(resolve_refs(s.model_dump(mode="json", exclude_unset=True), outputs))
         cfg = apply_recipe_defaults(cfg, self.recipe)
         ctx = StageContext(run_dir=self.run_dir, stage_dir=sdir, recipe=self.recipe, outputs=outputs)
+        stage = self.types[s.type]
         t0 = time.time()
+        distributed.take_tally()
         try:
-            with measure() as meter, log_to_file(sdir / "stage.log"):
-                outs = self.types[s.type].run(cfg, ctx) or {}
+            with measure() as meter, log_to_file(sdir / "stage.log") if ranks.is_main else nullcontext():
+                if stage.all_ranks or not ranks.distributed:
+                    outs = stage.run(cfg, ctx) or {}
+                elif ranks.is_main:
+                    with distributed.solo():  # rank 0 alone; the others wait at the barrier below
+                        outs = stage.run(cfg, ctx) or {}
+                else:
+                    outs = {}
         except BaseException as e:
-            manifest.update(status="failed", finished=now(), error=f"{type(e).__name__}: {e}",
-                            duration_s=round(time.time() - t0, 2), cost=meter.result)
-            write_json(sdir / MANIFEST, manifest)
+            if ranks.is_main:
+                manifest.update(status="failed", finished=now(), error=f"{type(e).__name__}: {e}",
+                                duration_s=round(time.time() - t0, 2), cost=meter.result)
+                write_json(sdir / MANIFEST, manifest)
             raise
         finally:
             release_stage_memory()  # what the stage loaded goes, and freed heap pages go back to the OS
-        outs = {k: str(v) for k, v in outs.items()}
-        manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2), cost=meter.result,
-                        outputs=store_outputs(outs, self.run_dir),
-                        outputs_hash=hash_obj({k: fingerprint_path(Path(v)) for k, v in outs.items()
-                                               if Path(v).exists()}))
-        write_json(sdir / MANIFEST, manifest)
-        log.info("done %s in %.1f s (CPU %.1f s, peak RSS %.0f MiB)", s.name, meter.result["wall_s"],
+        ranks.barrier()  # every rank has finished its share before the stage is marked done
+        outs = ranks.broadcast({k: str(v) for k, v in outs.items()})
+        if ranks.is_main:
+            if ranks.distributed:
+                manifest["ranks"] = {"world_size": ranks.world, "all_ranks": stage.all_ranks,
+                                     "rows_per_rank": distributed.take_tally()}
+            # cost: this process's (rank 0's) share, before the barrier
+            manifest.update(status="done", finished=now(), duration_s=round(time.time() - t0, 2), cost=meter.result,
+                            outputs=store_outputs(outs, self.run_dir),
+                            outputs_hash=hash_obj({k: fingerprint_path(Path(v)) for k, v in outs.items()
+                                                   if Path(v).exists()}))
+            write_json(sdir / MANIFEST, manifest)
+        log.info("done %s in %.1f s (CPU %.1f s, peak RSS %.0f MiB)", s.name, time.time() - t0,
                  meter.result["cpu_s"], meter.result["peak_rss_mb"])
         return outs

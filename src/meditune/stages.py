@@ -127,6 +127,9 @@ class StageType:
     description: str
     estimate: Callable[[Any, Any], dict[str, Any]] | None = None  # (config, recipe) -> work estimate
     depends_on_all: bool = False  # e.g. the report: re-runs when any earlier stage's outputs change
+    # Under torchrun: every rank runs the stage, which splits its work (meditune.distributed); otherwise rank 0
+    # runs it alone while the other ranks wait.
+    all_ranks: bool = False
 
 
 REGISTRY: dict[str, StageType] = {}
@@ -134,11 +137,12 @@ _loaded = False
 
 
 def stage_type(type_name: str, config: type[StageConfig], description: str,
-               estimate: Callable[[Any, Any], dict[str, Any]] | None = None, depends_on_all: bool = False):
-    """Decorator registering `run(config, ctx)` as the stage type `type_name`."""
+               estimate: Callable[[Any, Any], dict[str, Any]] | None = None, depends_on_all: bool = False,
+               all_ranks: bool = False):
+    """Decorator registering `run(config, ctx)` as the stage type `type_name` (all_ranks: see StageType)."""
 
     def deco(fn):
-        REGISTRY[type_name] = StageType(type_name, config, fn, description, estimate, depends_on_all)
+        REGISTRY[type_name] = StageType(type_name, config, fn, description, estimate, depends_on_all, all_ranks)
         return fn
 
     return deco

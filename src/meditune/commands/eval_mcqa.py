@@ -16,11 +16,14 @@ def _fmt(summary: dict[str, Any]) -> str:
 
 def _run_mcqa(opts: Any, extras: dict[str, Any]) -> None:
     """Evaluate, print the metrics table and where the files are."""
+    from meditune.distributed import current
     from meditune.evaluation.mcqa import evaluate_mcqa
     from meditune.io import check_output_dir, read_json
 
     check_output_dir(extras["out"], "--out")
     paths = evaluate_mcqa(opts, extras["out"])
+    if not current().is_main:  # under torchrun rank 0 wrote the files and prints them
+        return
     _print_results(read_json(paths["results"]))
     typer.echo(f"results: {paths['results']}\nsamples: {paths['samples']}")
 

@@ -86,10 +86,13 @@ def open_command(name: str) -> Any:
     mod = importlib.import_module(f"meditune.evaluation.{module}")
 
     def run(opts: Any, extras: dict[str, Any]) -> None:
+        from meditune.distributed import current
         from meditune.io import check_output_dir
 
         check_output_dir(extras["out"], "--out")
         paths = getattr(mod, fn)(opts, extras["out"])
+        if not current().is_main:  # under torchrun rank 0 wrote the files and prints them
+            return
         print_results(read_json(paths["results"]))
         typer.echo(f"results: {paths['results']}\nsamples: {paths['samples']}")
 

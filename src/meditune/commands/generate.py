@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
 
 def _run_generate(stage: Any, extras: dict[str, Any]) -> None:
     """Generate the stage's requests into the job directory --out (cached, resumable)."""
+    from meditune.distributed import current
     from meditune.generation.cache import GenerationCache, model_key
     from meditune.generation.factory import make_backend
     from meditune.generation.job import run_job
@@ -36,9 +37,12 @@ def _run_generate(stage: Any, extras: dict[str, Any]) -> None:
     check_params(params, "command line")
     requests = stage_requests(stage, None)
     cache = GenerationCache(extras["cache_dir"] or models_cache() / "generations") if stage.cache else None
+    ranks = current(cfg.device)  # under torchrun: every rank generates its share, rank 0 writes
     with removed_on_error(extras["out"]):  # bad input (a request, the model, the key): nothing is left in OUT
         result = run_job(requests, lambda: make_backend(cfg), extras["out"], model=model_key(cfg), label=cfg.label,
-                         unit_size=stage.unit_size, cache=cache, progress=extras["progress"])
+                         unit_size=stage.unit_size, cache=cache, progress=extras["progress"], ranks=ranks)
+    if not ranks.is_main:
+        return
     console.print(f"{result.records} items -> {result.path} (generated {result.generated}, cached {result.cached}, "
                   f"resumed {result.resumed}; {result.completion_tokens} tokens, "
                   f"{result.tokens_per_second:.1f} tok/s)", highlight=False)

@@ -51,6 +51,7 @@ def build(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Collect, score, pair and document a preference dataset; prints the counts and where the files are."""
+    from meditune.distributed import current
     from meditune.errors import ConfigError
     from meditune.io import read_json
     from meditune.prefs.build import build_preferences
@@ -68,6 +69,8 @@ def build(
             raise ConfigError(f"--judge: the {cfg_raw.scorer.type!r} scorer uses no judge")
         cfg_raw.scorer.judge.model = judge
     paths = build_preferences(cfg_raw, out, seed=seed)
+    if not current().is_main:  # under torchrun rank 0 wrote the files and prints them
+        return
     card = read_json(paths["datacard"])
     c = card["counts"]
     table = Table(title=f"preference pairs: {c['pairs']} from {c['questions_with_pairs']} of {c['questions']} "

@@ -26,6 +26,7 @@ def run(
     run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
 ) -> None:
     """Run a recipe: stages in order, finished unchanged stages skipped, crashed ones resumed."""
+    from meditune.distributed import env_ranks
     from meditune.pipeline import Pipeline
     from meditune.recipe import bundled_recipe, load_recipe
 
@@ -39,10 +40,14 @@ def run(
     for item in plan:
         est = ", ".join(f"{k}={v}" for k, v in (item.estimate or {}).items())
         table.add_row(item.stage.name, item.stage.type, item.action, escape(item.reason), escape(est))
-    console.print(table)
+    main = env_ranks().is_main  # under torchrun every rank runs the pipeline; rank 0 speaks
+    if main:
+        console.print(table)
     if dry_run:
         return
     pipe.run(only=only or None, from_stage=from_stage, force=force or None)
+    if not main:
+        return
     if pipe.skipped:
         console.print(f"skipped (finished, unchanged): {', '.join(pipe.skipped)}", markup=False)
     console.print(f"[green]done[/]: {escape(str(pipe.run_dir))}")

@@ -5,9 +5,11 @@ unparseable, counted)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from meditune.evaluation.loglik import NO_HOOKS, BatchHooks
 from meditune.letters import parse_choice
 
 # Stop strings of lm-eval's kormedmcqa task, minus "." (which would cut "C. Because..." before the letter on
@@ -33,10 +35,12 @@ class GenOut:
 
 
 def generate_texts(backend: Any, prompts: Sequence[str], *, max_new_tokens: int = 32,
-                   stop: Sequence[str] = DEFAULT_STOP, max_length: int | None = None) -> list[GenOut]:
+                   stop: Sequence[str] = DEFAULT_STOP, max_length: int | None = None, batch_size: int | None = None,
+                   hooks: BatchHooks = NO_HOOKS) -> list[GenOut]:
     """Greedy completions of raw prompts (already chat-rendered when wanted) by a transformers generation backend
     (meditune.generation): batched longest first, a prefix shared by several prompts (k-shot exemplars)
-    computed once. Prompts are tokenised and left-truncated as lm-eval's generate_until does."""
+    computed once. Prompts are tokenised and left-truncated as lm-eval's generate_until does. `hooks` may skip
+    planned batches (their outputs stay None) and take each batch's outputs as it finishes."""
     from meditune.evaluation.loglik import TokenEncoder, model_max_length
     from meditune.generation.base import GenerationRequest, SamplingParams
 
@@ -46,11 +50,22 @@ def generate_texts(backend: Any, prompts: Sequence[str], *, max_new_tokens: int 
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room in the context window")
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=tuple(stop))
     encoded = [enc.encode(p) for p in prompts]
-    requests = [GenerationRequest(f"prompt-{i}", prompt=p, prompt_ids=ids[-window:], params=params)
-                for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True))]
-    outs = []
-    for ids, gens in zip(encoded, backend.generate(requests), strict=True):
-        g = gens[0]
-        outs.append(GenOut(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason, len(ids) - g.prompt_tokens,
-                           g.cached_tokens))
-    return outs
+    seqs = [ids[-window:] for ids in encoded]
+    requests = [GenerationRequest(f"prompt-{i}", prompt=p, prompt_ids=ids, params=params)
+                for i, (p, ids) in enumerate(zip(prompts, seqs, strict=True))]
+    # the backend's own order and batches (longest first), so a batch gives the numbers it gives in one call
+    order = sorted(range(len(prompts)), key=lambda i: (-len(seqs[i]), i))
+    size = batch_size or getattr(backend, "batch_size", None) or len(prompts) or 1
+    outs: list[GenOut | None] = [None] * len(prompts)
+    keep = getattr(backend, "keep_prefixes", None)  # prefixes computed by one batch serve the next ones
+    with keep() if keep else nullcontext():
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            if not hooks.wants(idx):
+                continue
+            for i, gens in zip(idx, backend.generate([requests[i] for i in idx]), strict=True):
+                g = gens[0]
+                outs[i] = GenOut(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason,
+                                 len(encoded[i]) - g.prompt_tokens, g.cached_tokens)
+            hooks.finished(idx, [outs[i] for i in idx])
+    return outs  # type: ignore[return-value]

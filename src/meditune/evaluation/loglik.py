@@ -51,6 +51,26 @@ class OptionScores:
 
 
 @dataclass
+class BatchHooks:
+    """Lets a caller run only some of the planned batches and keep each batch's results as soon as it finishes
+    (resume a killed run batch by batch; split the batches across ranks). Batches are planned exactly as without
+    hooks, so a batch that runs holds the same requests, and gives the same numbers, whichever batches run."""
+
+    run: Callable[[list[int]], bool] | None = None  # request indices of a planned batch -> run it? (in plan order)
+    done: Callable[[list[int], list[Any]], None] | None = None  # (request indices, their results) after a batch
+
+    def wants(self, indices: list[int]) -> bool:
+        return self.run is None or self.run(indices)
+
+    def finished(self, indices: list[int], results: list[Any]) -> None:
+        if self.done is not None:
+            self.done(indices, results)
+
+
+NO_HOOKS = BatchHooks()
+
+
+@dataclass
 class _Encoded:
     index: int
     ctx: list[int]
@@ -170,9 +190,9 @@ class LoglikScorer:
             out.append(_Encoded(i, ctx[dropped:], conts, dropped))
         return out
 
-    def score(self, requests: Sequence[LoglikRequest],
-              progress: Callable[[int], None] | None = None) -> list[OptionScores]:
-        """OptionScores for each request, in input order."""
+    def score(self, requests: Sequence[LoglikRequest], progress: Callable[[int], None] | None = None,
+              hooks: BatchHooks = NO_HOOKS) -> list[OptionScores]:
+        """OptionScores for each request, in input order (None for requests of batches `hooks` skipped)."""
         import torch
 
         enc = self.encode(requests)
@@ -181,12 +201,12 @@ class LoglikScorer:
         count_tokens("scored", sum(len(e.ctx) + sum(len(c) for c in e.conts) for e in enc))
         with torch.inference_mode():
             if self.resolved_method() == "tree":
-                self._score_tree(enc, progress)
+                self._score_tree(enc, progress, hooks)
             else:
-                self._score_two_pass(enc, progress)
+                self._score_two_pass(enc, progress, hooks)
         return [e.scores for e in enc]  # type: ignore[misc]
 
-    def _score_tree(self, enc: list[_Encoded], progress: Callable[[int], None] | None) -> None:
+    def _score_tree(self, enc: list[_Encoded], progress: Callable[[int], None] | None, hooks: BatchHooks) -> None:
         from meditune.evaluation import loglik_tree as lt
 
         rows = [lt.tree_row(e.ctx or [self.encoder.prefix_token_id], e.conts) for e in enc]
@@ -202,6 +222,8 @@ class LoglikScorer:
         batches = [[order[k] for k in idx] for idx in
                    lt.token_budget_batches([len(rows[i].ids) for i in order], self.batch_size, max_tokens)]
         for n, batch in enumerate(batches):
+            if not hooks.wants([enc[i].index for i in batch]):
+                continue
             try:
                 results = lt.score_tree_batch(self.model, [rows[i] for i in batch])
             except lt.TreeAttentionUnsupported as e:
@@ -211,16 +233,21 @@ class LoglikScorer:
             for i, (lls, greedy) in zip(batch, results, strict=True):
                 e = enc[i]
                 e.scores = OptionScores(lls, greedy, [len(c) for c in e.conts], len(e.ctx), e.truncated)
+            hooks.finished([enc[i].index for i in batch], [enc[i].scores for i in batch])
             if progress:
                 progress(len(batch))
         if left:  # longer than the model's attention window, or the model's attention needs what tree lacks
-            self._score_two_pass(left, progress)
+            self._score_two_pass(left, progress, hooks)
 
-    def _score_two_pass(self, enc: list[_Encoded], progress: Callable[[int], None] | None) -> None:
+    def _score_two_pass(self, enc: list[_Encoded], progress: Callable[[int], None] | None,
+                        hooks: BatchHooks = NO_HOOKS) -> None:
         order = sorted(enc, key=lambda e: (-len(e.ctx), e.index))  # longest first: padding stays small
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
+            if not hooks.wants([e.index for e in batch]):
+                continue
             self._score_two_pass_batch(batch)
+            hooks.finished([e.index for e in batch], [e.scores for e in batch])
             if progress:
                 progress(len(batch))
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from meditune.distributed import current
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.calibration import add_to_results, mcqa_calibration
 from meditune.evaluation.generative import DEFAULT_STOP
@@ -20,6 +21,7 @@ from meditune.evaluation.tasks import Task, get_task
 from meditune.io import iter_jsonl
 from meditune.prompts import Template, choice_strings, get_template
 from meditune.records import MCQItem, read_records
+from meditune.shards import remove_shard
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
     if mode == "loglik" and (registered is None or "acc_norm" in registered.metrics):  # calibrate what is reported
         chars = [[len(c) for c in choice_strings(it, choices)] for it in items]
     add_to_results(results, task, mcqa_calibration(samples, [len(it.options) for it in items], chars))
-    paths = write_outputs(out, results, samples)
-    (out / PARTIAL).unlink(missing_ok=True)  # finished: the shard is now in samples.jsonl
-    (out / PARTIAL_KEY).unlink(missing_ok=True)
+    paths = write_outputs(out, results, samples)  # under several ranks: rank 0, with every rank's samples
+    if current().is_main:
+        remove_shard(out / PARTIAL, out / PARTIAL_KEY)  # finished: the shard is now in samples.jsonl
     return paths

@@ -84,15 +84,15 @@ class ResumableBackend:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Generation]]:
         from meditune.generation.job import run_job
-        from meditune.io import iter_jsonl
 
         if not requests:
             return []
         key = hash_obj([r.to_dict() for r in requests])[:16]
         job_dir = self.work_dir / f"{_slug(self.label)}-{key}"
+        # under several ranks each generates its share and every rank gets all rows back (meditune.distributed)
         result = run_job(list(requests), self._backend, job_dir, model=self.model, label=self.label,
                          progress=False)
-        rows = {obj["id"]: obj for _, obj in iter_jsonl(result.path)}
+        rows = {obj["id"]: obj for obj in result.rows or []}
         return [[Generation(r.id, g["index"], g["text"], g.get("prompt_tokens", 0), g.get("completion_tokens", 0),
                             g.get("finish_reason", "stop")) for g in rows[r.id]["generations"]] for r in requests]
 
@@ -190,7 +190,7 @@ def finish(out_dir: str | Path, task: str, samples: list[dict[str, Any]], *, pro
     for name, s in med["metrics"].items():
         row[f"{name}_n,{FILTER}"] = s["n"]  # metrics differ in n (harmful vs benign items): the report reads this
     results["higher_is_better"][task] = {m: m not in lower_is_better for m in med["metrics"]}
-    return write_outputs(out_dir, results, samples)
+    return write_outputs(out_dir, results, samples)  # rank 0 only under several ranks
 
 
 def run_config_of(opts: OpenEvalOptions, backend: Backend) -> dict[str, Any]:

@@ -112,10 +112,14 @@ def build_results(task: str, samples: Sequence[dict[str, Any]], *, task_config: 
 
 
 def write_outputs(out_dir: str | Path, results: dict[str, Any], samples: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """Write samples.jsonl then results.json (atomically); returns {"results": ..., "samples": ...}."""
+    """Write samples.jsonl then results.json (atomically; under several ranks rank 0 writes, every rank holding
+    the same merged samples); returns {"results": ..., "samples": ...}."""
+    from meditune.distributed import current
+
     out = Path(out_dir)
-    write_jsonl(out / "samples.jsonl", samples)
-    write_json(out / "results.json", results)
+    if current().is_main:
+        write_jsonl(out / "samples.jsonl", samples)
+        write_json(out / "results.json", results)
     return {"results": str(out / "results.json"), "samples": str(out / "samples.jsonl")}
 
 

@@ -59,7 +59,7 @@ def estimate_mcqa(config: MCQAStageConfig, recipe: Any) -> dict[str, Any]:
 
 
 @stage_type("eval_mcqa", MCQAStageConfig, "multiple-choice evaluation (log-likelihood or generative), "
-            "lm-eval compatible results with CIs", estimate=estimate_mcqa)
+            "lm-eval compatible results with CIs", estimate=estimate_mcqa, all_ranks=True)
 def run_eval_mcqa(config: MCQAStageConfig, ctx: StageContext) -> dict[str, str]:
     """Evaluate and write results.json + samples.jsonl in the stage directory."""
     # an unset task is only the results' name (a stage named like a registered task does not switch protocol)
@@ -144,7 +144,7 @@ def _register_open(type_name: str, config: type[StageConfig], options: type, eva
         return evaluate(effective_options(cfg, options, ctx.recipe), ctx.stage_dir)
 
     run.__doc__ = f"Run {type_name} and write results.json + samples.jsonl in the stage directory."
-    stage_type(type_name, config, description, estimate=estimate_open)(run)
+    stage_type(type_name, config, description, estimate=estimate_open, all_ranks=True)(run)
 
 
 for _type, _row in OPEN_STAGES.items():

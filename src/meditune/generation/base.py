@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,8 @@ class BackendConfig(BaseModel):
     dtype: str = "auto"
     trust_remote_code: bool = False
     batch_size: int = 16
+    # vllm backend: GPUs one engine shards the model over, within one rank (docs/scaleout.md); None = vLLM's 1
+    tensor_parallel_size: int | None = Field(None, ge=1)
     prefix_cache: bool = True  # transformers: compute a prefix shared by several prompts once per call
     # openai backend
     base_url: str | None = None

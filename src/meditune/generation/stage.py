@@ -38,6 +38,8 @@ class GenerateStageConfig(StageConfig):
     dtype: str | None = Field(None, description="float32 | bfloat16 | auto (default: the recipe's)")
     trust_remote_code: bool | None = Field(None, description="allow model code from the hub (default: the recipe's)")
     batch_size: int = Field(16, ge=1, description="most requests batched together")
+    tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs a vLLM engine shards the model over "
+                                             "(backend vllm; within one rank, see docs/scaleout.md)")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend openai)")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
     allow_insecure_http: bool = Field(False, description="send the key over plain http to a non-loopback "
@@ -104,9 +106,10 @@ def estimate(config: GenerateStageConfig, recipe: Any) -> dict[str, Any]:
 
 
 @stage_type("generate", GenerateStageConfig, "sample n completions per item with a generation backend",
-            estimate=estimate)
+            estimate=estimate, all_ranks=True)
 def run_generate(config: GenerateStageConfig, ctx: StageContext) -> dict[str, str]:
     """Generate into ctx.stage_dir; a killed stage resumes from its shards."""
+    from meditune.distributed import current
     from meditune.generation.cache import GenerationCache, model_key
     from meditune.generation.factory import make_backend
     from meditune.generation.job import run_job
@@ -115,7 +118,9 @@ def run_generate(config: GenerateStageConfig, ctx: StageContext) -> dict[str, st
     cfg = backend_config_of(config, ctx.recipe)
     requests = stage_requests(config, ctx.recipe)
     cache = GenerationCache(ctx.run_dir / "cache" / "generations") if config.cache else None
+    ranks = current(cfg.device)  # under torchrun every rank generates its units (meditune.distributed)
     result = run_job(requests, lambda: make_backend(cfg), ctx.stage_dir, model=model_key(cfg), label=cfg.label,
-                     unit_size=config.unit_size, cache=cache, progress=True)
-    write_json(ctx.path("summary.json"), {"backend": cfg.backend, "model": cfg.label, **result.to_dict()})
+                     unit_size=config.unit_size, cache=cache, progress=True, ranks=ranks)
+    if ranks.is_main:
+        write_json(ctx.path("summary.json"), {"backend": cfg.backend, "model": cfg.label, **result.to_dict()})
     return {"generations": str(result.path), "shards": str(result.shards), "summary": str(ctx.path("summary.json"))}

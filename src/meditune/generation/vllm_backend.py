@@ -41,6 +41,8 @@ class VLLMBackend:
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "seed": 0}
         if cfg.dtype != "auto":
             kwargs["dtype"] = cfg.dtype
+        if cfg.tensor_parallel_size:
+            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
         path = rm.path
         if rm.kind == "adapter":
             path = rm.base.path

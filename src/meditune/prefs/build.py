@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from meditune import __version__
+from meditune.distributed import Ranks, current
 from meditune.io import write_json, write_jsonl, write_text
 from meditune.prefs.collect import CollectSettings, GeneratorConfig, build_messages, collect
 from meditune.prefs.datacard import histogram, license_of, mean_ci, render_markdown
@@ -27,7 +28,7 @@ from meditune.scoring.registry import (
     build_scorer,
     default_backend_factory,
 )
-from meditune.shards import Shard, check_identity
+from meditune.shards import Shard
 from meditune.stages import BACKEND_DEFAULTS, StageConfig
 
 log = logging.getLogger(__name__)
@@ -75,20 +76,29 @@ def score_input(item: Question, answer: dict[str, Any]) -> ScoreInput:
 
 
 def score_answers(items_by_id: dict[str, Question], answers: list[dict[str, Any]], scorer: Scorer, path: Path,
-                  chunk_size: int = 64) -> dict[str, Score]:
-    """Scores by answer id; appended to `path` (a meditune.shards.Shard) chunk by chunk and reused on restart."""
-    shard = Shard(path, key="answer_id")
-    done = {k: Score.from_dict(row) for k, row in shard.done.items()}
-    todo = [a for a in answers if a["id"] not in done]
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start:start + chunk_size]
+                  chunk_size: int = 64, *, identity: Any = None, ranks: Ranks | None = None) -> dict[str, Score]:
+    """Scores by answer id; appended to `path` (a meditune.shards.Shard) chunk by chunk and reused on restart.
+
+    Under several ranks every rank starts from the same scores on disk and scores the chunks it owns (chunk k of
+    the unscored answers on rank k mod N). `identity` (the scorer's settings) refuses scores of another scorer."""
+    ranks = ranks or current()
+    shard = Shard(path, key="answer_id", identity=identity, ranks=ranks,
+                  identity_path=path.with_name(f"{path.stem}.config.json") if identity is not None else None,
+                  on_mismatch="refuse")
+    todo = [a for a in answers if a["id"] not in shard.done]
+    chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    scored = 0
+    for k, chunk in enumerate(chunks):
+        if not ranks.owns(k):
+            continue
         scores = scorer.score([score_input(items_by_id[a["question_id"]], a) for a in chunk])
-        rows = [{"answer_id": a["id"], "question_id": a["question_id"], "generator": a["generator"], **s.to_dict()}
-                for a, s in zip(chunk, scores, strict=True)]
-        shard.add(rows)
-        done.update((a["id"], s) for a, s in zip(chunk, scores, strict=True))
-        log.info("scored %d / %d answers", min(start + chunk_size, len(todo)), len(todo))
-    return done
+        shard.add([{"answer_id": a["id"], "question_id": a["question_id"], "generator": a["generator"],
+                    **s.to_dict()} for a, s in zip(chunk, scores, strict=True)])
+        scored += len(chunk)
+        log.info("scored %d / %d answers", scored, len(todo))
+    done = shard.merge()
+    shard.consolidate(done[a["id"]] for a in answers)  # under several ranks: one file, as one process writes it
+    return {k: Score.from_dict(row) for k, row in done.items()}
 
 
 def build_preferences(cfg: PrefsStageConfig, out_dir: Path, *, backends: BackendFactory | None = None,
@@ -98,14 +108,18 @@ def build_preferences(cfg: PrefsStageConfig, out_dir: Path, *, backends: Backend
     backends = backends or default_backend_factory()
     items = items if items is not None else load_questions(cfg.questions, cfg.limit)
     by_id = {it.id: it for it in items}
-    answers = collect(items, cfg.generators, cfg.collection, out_dir / "answers", backends, seed=seed)
+    # Under torchrun every rank collects and scores its share of the chunks, every rank gets the merged answers
+    # and scores, and rank 0 writes the outputs (meditune.distributed).
+    ranks = current()
+    answers = collect(items, cfg.generators, cfg.collection, out_dir / "answers", backends, seed=seed, ranks=ranks)
     t_collect = time.time()
     order = {it.id: i for i, it in enumerate(items)}
     # Question-major order: an interrupted scoring run has finished whole questions, all generators each.
     all_answers = sorted((a for rows in answers.values() for a in rows), key=lambda a: order[a["question_id"]])
     scorer = build_scorer(cfg.scorer, backends)
-    check_identity(out_dir / "scores.config.json", cfg.scorer.model_dump())  # refuse scores of another scorer
-    scores = score_answers(by_id, all_answers, scorer, out_dir / "scores.jsonl", cfg.score_chunk_size)
+    # refuse scores of another scorer (identity file scores.config.json)
+    scores = score_answers(by_id, all_answers, scorer, out_dir / "scores.jsonl", cfg.score_chunk_size,
+                           identity=cfg.scorer.model_dump(), ranks=ranks)
     t_score = time.time()
 
     groups: dict[str, list[Candidate]] = {it.id: [] for it in items}
@@ -133,6 +147,11 @@ def build_preferences(cfg: PrefsStageConfig, out_dir: Path, *, backends: Backend
         translation_info = {"target_language": cfg.translation.target_language, "model": cfg.translation.translator.label,
                             "source_language": original_language, "translated": len(prefs), "failed": failed}
     t_done = time.time()
+    outputs = {"dataset": str(out_dir / "dataset.jsonl"), "datacard": str(out_dir / "datacard.json"),
+               "datacard_md": str(out_dir / "datacard.md"), "scores": str(out_dir / "scores.jsonl"),
+               "trl": str(out_dir / "trl.jsonl"), "answers": str(out_dir / "answers")}
+    if not ranks.is_main:
+        return outputs
 
     dataset = out_dir / "dataset.jsonl"
     write_jsonl(dataset, prefs)
@@ -145,9 +164,7 @@ def build_preferences(cfg: PrefsStageConfig, out_dir: Path, *, backends: Backend
                      "pair_translate_s": round(t_done - t_score, 1), "total_s": round(t_done - t0, 1)})
     write_json(out_dir / "datacard.json", card)
     write_text(out_dir / "datacard.md", render_markdown(card))
-    return {"dataset": str(dataset), "datacard": str(out_dir / "datacard.json"),
-            "datacard_md": str(out_dir / "datacard.md"), "scores": str(out_dir / "scores.jsonl"), "trl": str(trl),
-            "answers": str(out_dir / "answers")}
+    return outputs
 
 
 def datacard(cfg: PrefsStageConfig, items: list[Question], answers: dict[str, list[dict[str, Any]]],

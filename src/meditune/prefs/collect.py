@@ -5,7 +5,9 @@ of its answer, which the model continues), or `backend: reference`: the answer s
 safety item's safe response, a long-form reference), for pairs that need a good answer the model cannot write.
 
 Answers go to answers/<generator>.jsonl (a meditune.shards.Shard), appended chunk by chunk; a restarted run
-skips questions whose answers are already on disk (a torn last line from a killed write is cut off).
+skips questions whose answers are already on disk (a torn last line from a killed write is cut off). Under several
+ranks (meditune.distributed) every rank starts from the same answers on disk and answers the chunks it owns (chunk
+k of the unanswered questions on rank k mod N), so together they ask what one process asks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from meditune.distributed import Ranks, current
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
 from meditune.prefs.questions import Question, question_text, reference_answer
 from meditune.prompts import TEMPLATES
@@ -116,9 +119,11 @@ def answer_id(question_id: str, generator: str, sample: int) -> str:
 
 
 def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], settings: CollectSettings,
-            out_dir: Path, backends: BackendFactory, *, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+            out_dir: Path, backends: BackendFactory, *, seed: int = 0,
+            ranks: Ranks | None = None) -> dict[str, list[dict[str, Any]]]:
     """Answers of every generator to every question, by generator label (loaded from disk where done)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    ranks = ranks or current()
     taken: set[str] = set()
     result: dict[str, list[dict[str, Any]]] = {}
     for gi, gen in enumerate(generators):
@@ -142,24 +147,29 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
             identity["question_template"] = settings.question_template
         # answers of an earlier (killed) run, refused when written under another configuration
         shard = Shard(out_dir / f"{label}.jsonl", identity_path=out_dir / f"{label}.config.json", identity=identity,
-                      on_mismatch="refuse")
+                      on_mismatch="refuse", ranks=ranks)
         done = shard.done
-        mine = [it for it in items if gen.answers_question(it)]
-        todo = [it for it in mine if any(answer_id(it.id, label, k) not in done for k in range(n))]
+        answerable = [it for it in items if gen.answers_question(it)]
+        todo = [it for it in answerable if any(answer_id(it.id, label, k) not in done for k in range(n))]
+        chunks = [todo[i:i + settings.chunk_size] for i in range(0, len(todo), settings.chunk_size)]
+        mine = [c for k, c in enumerate(chunks) if ranks.owns(k)]
         if todo and gen.backend == "reference":
-            shard.add([{"id": answer_id(it.id, label, 0), "question_id": it.id, "generator": label, "sample": 0,
-                        "text": reference_answer(it), "finish_reason": "stop", "prompt_tokens": 0,
-                        "completion_tokens": 0, "messages": [], "params": None}
-                       for it in todo if reference_answer(it)])
+            mine = []
+            if ranks.is_main:  # nothing to generate: rank 0 copies the references, the merge shares them
+                shard.add([{"id": answer_id(it.id, label, 0), "question_id": it.id, "generator": label,
+                            "sample": 0, "text": reference_answer(it), "finish_reason": "stop", "prompt_tokens": 0,
+                            "completion_tokens": 0, "messages": [], "params": None}
+                           for it in todo if reference_answer(it)])
         elif todo:
-            log.info("generator %s: %d of %d questions to answer", label, len(todo), len(mine))
+            log.info("generator %s: %d of %d questions to answer", label, len(todo), len(answerable))
+        if mine:
             backend = backends(gen.backend_config())
-            for start in range(0, len(todo), settings.chunk_size):
-                chunk = todo[start:start + settings.chunk_size]
-                reqs = [GenerationRequest(it.id, build_messages(question_text(it, settings.question_template), instruction,
-                                                                settings.instruction_placement), params,
+            for chunk in mine:
+                messages = [build_messages(question_text(it, settings.question_template), instruction,
+                                           settings.instruction_placement) for it in chunk]
+                reqs = [GenerationRequest(it.id, m, params,
                                           prefill=gen.prefill_for(position[it.id]))
-                        for it in chunk]
+                        for it, m in zip(chunk, messages, strict=True)]
                 rows = []
                 for it, req, gens in zip(chunk, reqs, backend.generate(reqs), strict=True):
                     for g in gens:
@@ -169,7 +179,9 @@ def collect(items: Sequence[Question], generators: Sequence[GeneratorConfig], se
                                      "completion_tokens": g.completion_tokens, "messages": req.messages,
                                      "params": params.to_dict()})
                 shard.add(rows)
+        done = shard.merge()
         order = {it.id: i for i, it in enumerate(items)}
         result[label] = sorted((r for r in done.values() if r["question_id"] in order),
                                key=lambda r: (order[r["question_id"]], r["sample"]))
+        shard.consolidate(result[label])  # under several ranks: one file, as one (uninterrupted) process writes it
     return result

@@ -20,7 +20,7 @@ def estimate(cfg: PrefsStageConfig, recipe: Any) -> dict[str, Any]:
 
 
 @stage_type("prefs", PrefsStageConfig, "preference pairs from N generators' answers scored by DAHL or another "
-                                       "scorer (KoMeP-style), with a datacard", estimate=estimate)
+                                       "scorer (KoMeP-style), with a datacard", estimate=estimate, all_ranks=True)
 def run(cfg: PrefsStageConfig, ctx: StageContext) -> dict[str, str]:
     """Build the preference dataset into the stage directory (resumes collection and scoring from disk)."""
     return build_preferences(apply_recipe_defaults(cfg, ctx.recipe), ctx.stage_dir, seed=ctx.seed)

@@ -77,8 +77,10 @@ class CurveLog:
 
 
 def is_main_process() -> bool:
-    """True on rank 0 (or when not distributed)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """True on rank 0 (or when not distributed): meditune.distributed's ranks."""
+    from meditune.distributed import env_ranks
+
+    return env_ranks().is_main
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path, *, base_spec: str, lora: bool,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from meditune.distributed import current
 from meditune.errors import ConfigError
 from meditune.io import iter_jsonl, write_jsonl
 from meditune.prompts import render_mcq
 from meditune.records import Chat, LongFormItem, MCQItem, Preference, Record, SafetyItem
-from meditune.training.outputs import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +123,6 @@ def sample(policy: str, items: list[PromptItem], n: int, opts: Any, *, seed: int
     return [[g.text for g in sorted(per, key=lambda g: g.index)] for per in gens]
 
 
-def process_share(device: str) -> tuple[int, int]:
-    """(rank, world size) of this process; under torchrun / accelerate the process group is set up here when the
-    trainer has not done it yet (round 1 samples before any trainer exists), on gloo for CPU like the trainer."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    from accelerate import PartialState
-
-    from meditune.models import pick_device
-
-    cpu = pick_device(device) == "cpu"
-    state = PartialState(cpu=cpu, **({"backend": "gloo"} if cpu else {}))
-    return state.process_index, state.num_processes
-
-
 def rollouts(round_dir: Path, policy: str, items: list[PromptItem], n: int, opts: Any, score_fn: ScoreFn, *,
              seed: int, system_prompt: str | None, device: str, dtype: str,
              backend: Any = None) -> list[dict[str, Any]]:
@@ -154,7 +138,10 @@ def rollouts(round_dir: Path, policy: str, items: list[PromptItem], n: int, opts
         if [r["id"] for r in rows] == [it.id for it in items]:
             log.info("reusing %s", path)
             return rows
-    rank, world = process_share(device)
+    # under torchrun / accelerate the process group is set up here when no trainer has done it yet (round 1
+    # samples before any trainer exists)
+    ranks = current(device)
+    rank, world = ranks.rank, ranks.world
     mine = list(range(rank, len(items), world))
     share = [items[i] for i in mine]
     texts = sample(policy, share, n, opts, seed=seed, system_prompt=system_prompt, device=device, dtype=dtype,
@@ -167,12 +154,10 @@ def rollouts(round_dir: Path, policy: str, items: list[PromptItem], n: int, opts
                          "rank": rank}))
         k += len(t)
     if world > 1:
-        from accelerate.utils import gather_object
-
-        rows = gather_object(rows)
+        rows = [row for part in ranks.all_gather(rows) for row in part]
         log.info("rank %d sampled %d of %d prompts", rank, len(mine), len(items))
     rows = [row for _, row in sorted(rows, key=lambda x: x[0])]
-    if is_main_process():
+    if ranks.is_main:
         write_jsonl(path, rows)
     return rows
 

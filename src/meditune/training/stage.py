@@ -69,5 +69,9 @@ STAGES = {
 }
 # stage types whose work is not "examples / batch" (the others use `estimate` above)
 ESTIMATES = {"grpo": grpo_estimate, "rationales": rationales_estimate}
+# one process each, rank 0 only, until they learn to split across ranks (docs/scaleout.md)
+SINGLE_RANK = {"grpo", "rationales"}
 for _type, (_config, _run, _description) in STAGES.items():
-    stage_type(_type, _config, _description, estimate=ESTIMATES.get(_type, estimate))(_run)
+    # the others: DDP / split rollouts
+    stage_type(_type, _config, _description, estimate=ESTIMATES.get(_type, estimate),
+               all_ranks=_type not in SINGLE_RANK)(_run)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meditune.distributed import current
 from meditune.errors import InputError
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.io import hash_obj
@@ -74,13 +75,16 @@ def build_cot_bank(items: Sequence[MCQItem], backend: Backend, path: str | Path,
                    policy: RetryPolicy = RetryPolicy(), chunk_size: int = 16,
                    progress: Callable[[int, int], None] | None = None) -> CotBank:
     """Generate a zero-shot CoT for every training item (resuming from `path`); keep those reaching gold."""
-    shard = Shard(path, key="key", parse=_attempt(Path(path)))
+    ranks = current()  # under several ranks each rank attempts the chunks it owns (meditune.distributed)
+    shard = Shard(path, key="key", parse=_attempt(Path(path)), ranks=ranks)
     done = shard.done
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     keys = [bank_key(model, params, it) for it in items]
     todo = [(it, key) for it, key in zip(items, keys, strict=True) if key not in done]
-    reused = len(items) - len(todo)
-    for start in range(0, len(todo), chunk_size):
+    reused, new = len(items) - len(todo), 0
+    for k, start in enumerate(range(0, len(todo), chunk_size)):
+        if not ranks.owns(k):  # every rank sees the same todo list: chunk k is rank k mod N's
+            continue
         chunk = todo[start:start + chunk_size]
         reqs = [GenerationRequest(id=f"bank-{it.id}", messages=cot_messages(it), params=params) for it, _ in chunk]
         samples = generate_parsed(backend, reqs, [len(it.options) for it, _ in chunk], policy=policy)
@@ -93,14 +97,16 @@ def build_cot_bank(items: Sequence[MCQItem], backend: Backend, path: str | Path,
                          "raw": smp.text, "retries": smp.retries, "completion_tokens": smp.completion_tokens,
                          "item": it.model_dump(mode="json", exclude_none=True)})
         shard.add(rows, [{**row, "item": MCQItem.model_validate(row["item"])} for row in rows])
-        log.info("CoT bank: %d/%d new attempts done", min(start + chunk_size, len(todo)), len(todo))
+        new += len(rows)
+        log.info("CoT bank: %d/%d new attempts done", new, len(todo))
         if progress:
-            progress(min(start + chunk_size, len(todo)), len(todo))
+            progress(new, len(todo))
+    done = shard.merge()
     attempts = [done[k] for k in keys]
     entries = [BankEntry(row["item"], row["rationale"]) for row in attempts if row["correct"] and row["rationale"]]
     log.info("CoT bank %s: %d of %d attempts kept (%d reused)", path, len(entries), len(attempts), reused)
     return CotBank(entries, attempted=len(attempts), reused=reused,
-                   completion_tokens=sum(int(r.get("completion_tokens", 0)) for r in attempts), path=shard.path)
+                   completion_tokens=sum(int(r.get("completion_tokens", 0)) for r in attempts), path=shard.main)
 
 
 def load_cot_bank(path: str | Path) -> CotBank:

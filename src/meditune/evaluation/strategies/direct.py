@@ -3,12 +3,15 @@ answer's letter (generative), resumable from an append-only shard of finished sa
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from meditune.distributed import current
 from meditune.errors import ConfigError
+from meditune.evaluation.loglik import BatchHooks
 from meditune.evaluation.strategies.context import StrategyContext
 from meditune.evaluation.strategies.registry import register_strategy
 from meditune.io import hash_obj
@@ -48,74 +51,107 @@ def _builder(ctx: StrategyContext, tokenizer: Any) -> PromptBuilder:
 
 @register_strategy("direct", "the answer's log-likelihood (acc, acc_norm) or a greedy answer's letter")
 def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Score every item directly: log-likelihood of each option, or greedy generation + letter extraction."""
+    """Score every item directly: log-likelihood of each option, or greedy generation + letter extraction.
+
+    Batches are formed within fixed pools of `pool_size(cfg)` items (longest first, by tokens), and each batch's
+    samples are appended to the shard as soon as it finishes, so a killed run loses at most the batches in
+    flight and a resumed run re-runs only unfinished batches, formed exactly as before (same numbers). Under
+    several ranks (meditune.distributed) batches go round robin to the ranks and the samples are gathered.
+    """
     if options:
         raise ConfigError(f"strategy 'direct' takes no options, got {sorted(options)}")
     cfg = ctx.config
+    ranks = current(cfg.device)  # before the model loads: a rank's "cuda" is its own GPU
     model, tok = ctx.model_and_tokenizer()
     builder = _builder(ctx, tok)
     mode = cfg.mode or ctx.template.mode
     # finished samples of an interrupted run, valid only for the same settings (key)
     shard = Shard(ctx.work_dir / PARTIAL, identity={"key": direct_run_key(cfg, ctx.model_spec, ctx.template, mode)},
-                  identity_path=ctx.work_dir / PARTIAL_KEY, on_mismatch="reset")
-    if shard.done:
-        log.info("resuming: %d samples already on disk", len(shard.done))
-    todo = [(i, it) for i, it in enumerate(ctx.items) if it.id not in shard.done]
-    chunk = max(128, cfg.batch_size * 16)  # the resumable unit; batches are formed within a chunk
-    t0, done = time.time(), len(ctx.items) - len(todo)
+                  identity_path=ctx.work_dir / PARTIAL_KEY, on_mismatch="reset", ranks=ranks)
+    done = shard.done
+    resumed = sum(1 for it in ctx.items if it.id in done)
+    if resumed:
+        log.info("resuming: %d samples already on disk", resumed)
+    pool = pool_size(cfg)
+    batch_no = itertools.count()  # the same on every rank: every rank plans every pool that is not finished
+    t0, scored = time.time(), 0
+    todo = resumed < len(ctx.items)
     backend = ctx.backend() if mode == "generative" and todo else None  # one backend: its weight packing is reused
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
+    for start in range(0, len(ctx.items), pool):
+        part = list(enumerate(ctx.items[start:start + pool], start))
+        if all(it.id in done for _, it in part):
+            continue
         rendered = [builder.render(it, pick_shots(it, ctx.fewshot_items, cfg.shots)) for _, it in part]
+
+        def run(indices: list[int], part: list[tuple[int, MCQItem]] = part) -> bool:
+            return ranks.owns(next(batch_no)) and any(part[i][1].id not in done for i in indices)
+
+        def keep(indices: list[int], results: list[Any], part: list[tuple[int, MCQItem]] = part,
+                 rendered: list[Any] = rendered) -> None:
+            nonlocal scored
+            make = _loglik_sample if mode == "loglik" else _generative_sample
+            shard.add([make(ctx, part[i], rendered[i], r) for i, r in zip(indices, results, strict=True)
+                       if part[i][1].id not in done])
+            scored += len(indices)
+
+        hooks = BatchHooks(run, keep)
         if mode == "loglik":
-            samples = _score_loglik(ctx, model, tok, part, rendered)
+            _score_loglik(ctx, model, tok, rendered, hooks)
         else:
-            samples = _score_generative(ctx, backend, part, rendered)
-        shard.add(samples)
-        done += len(part)
-        log.info("mcqa: %d/%d items (%.1f items/s)", done, len(ctx.items),
-                 (done - (len(ctx.items) - len(todo))) / max(1e-9, time.time() - t0))
-    samples = [shard.done[it.id] for it in ctx.items]
+            _score_generative(ctx, backend, rendered, hooks)
+        log.info("mcqa: %d/%d items (%.1f items/s)", min(start + pool, len(ctx.items)), len(ctx.items),
+                 scored / max(1e-9, time.time() - t0))
+    done = shard.merge()
+    samples = [done[it.id] for it in ctx.items]
     ctx.extra_results["mode"] = mode
     return samples
 
 
-def _score_loglik(ctx: StrategyContext, model: Any, tok: Any, part: list[tuple[int, MCQItem]],
-                  rendered: list[Any]) -> list[dict[str, Any]]:
+def pool_size(cfg: Any) -> int:
+    """Items whose batches are planned together (sorted by length within the pool); the resumable unit is one
+    batch, not the pool."""
+    return max(128, cfg.batch_size * 16)
+
+
+def _score_loglik(ctx: StrategyContext, model: Any, tok: Any, rendered: list[Any], hooks: BatchHooks) -> None:
     from meditune.evaluation.loglik import LoglikRequest, LoglikScorer
 
     scorer = LoglikScorer(model, tok, batch_size=ctx.config.batch_size, max_length=ctx.config.max_length,
                           max_tokens=ctx.config.max_batch_tokens)
-    scores = scorer.score([LoglikRequest(r.context, r.continuations) for r in rendered])
-    out = []
-    for (doc_id, item), r, sc in zip(part, rendered, scores, strict=True):
-        pred = _argmax(sc.loglik)
-        pred_norm = _argmax([ll / len(c) for ll, c in zip(sc.loglik, r.choices, strict=True)])
-        metrics = {"acc": float(pred == item.answer), "acc_norm": float(pred_norm == item.answer)}
-        extra: dict[str, Any] = {}
-        if ctx.config.per_token:
-            pred_tok = _argmax([ll / n for ll, n in zip(sc.loglik, sc.n_tokens, strict=True)])
-            metrics["acc_per_token"] = float(pred_tok == item.answer)
-            extra["pred_per_token"] = pred_tok
-        out.append(ctx.sample(item, doc_id, pred, metrics, pred_norm=pred_norm, prompt=r.context,
-                              continuations=r.continuations, loglik=sc.loglik, is_greedy=sc.is_greedy,
-                              continuation_tokens=sc.n_tokens, context_tokens=sc.context_tokens,
-                              truncated_tokens=sc.truncated_tokens, **extra))
-    return out
+    scorer.score([LoglikRequest(r.context, r.continuations) for r in rendered], hooks=hooks)
 
 
-def _score_generative(ctx: StrategyContext, backend: Any, part: list[tuple[int, MCQItem]],
-                      rendered: list[Any]) -> list[dict[str, Any]]:
-    from meditune.evaluation.generative import DEFAULT_STOP, extract_choice, generate_texts
+def _loglik_sample(ctx: StrategyContext, doc: tuple[int, MCQItem], r: Any, sc: Any) -> dict[str, Any]:
+    doc_id, item = doc
+    pred = _argmax(sc.loglik)
+    pred_norm = _argmax([ll / len(c) for ll, c in zip(sc.loglik, r.choices, strict=True)])
+    metrics = {"acc": float(pred == item.answer), "acc_norm": float(pred_norm == item.answer)}
+    extra: dict[str, Any] = {}
+    if ctx.config.per_token:
+        pred_tok = _argmax([ll / n for ll, n in zip(sc.loglik, sc.n_tokens, strict=True)])
+        metrics["acc_per_token"] = float(pred_tok == item.answer)
+        extra["pred_per_token"] = pred_tok
+    return ctx.sample(item, doc_id, pred, metrics, pred_norm=pred_norm, prompt=r.context,
+                      continuations=r.continuations, loglik=sc.loglik, is_greedy=sc.is_greedy,
+                      continuation_tokens=sc.n_tokens, context_tokens=sc.context_tokens,
+                      truncated_tokens=sc.truncated_tokens, **extra)
+
+
+def _score_generative(ctx: StrategyContext, backend: Any, rendered: list[Any], hooks: BatchHooks) -> None:
+    from meditune.evaluation.generative import DEFAULT_STOP, generate_texts
 
     cfg = ctx.config
-    outs = generate_texts(backend, [r.context for r in rendered], max_new_tokens=cfg.max_new_tokens,
-                          stop=DEFAULT_STOP if cfg.stop is None else cfg.stop, max_length=cfg.max_length)
-    samples = []
-    for (doc_id, item), r, o in zip(part, rendered, outs, strict=True):
-        pred = extract_choice(o.text, len(item.options))
-        samples.append(ctx.sample(item, doc_id, pred, {"exact_match": float(pred == item.answer)},
-                                  prompt=r.context, response=o.text, parsed=pred is not None,
-                                  completion_tokens=o.completion_tokens, finish_reason=o.finish_reason,
-                                  truncated_tokens=o.truncated_tokens, cached_tokens=o.cached_tokens))
-    return samples
+    generate_texts(backend, [r.context for r in rendered], max_new_tokens=cfg.max_new_tokens,
+                   stop=DEFAULT_STOP if cfg.stop is None else cfg.stop, max_length=cfg.max_length,
+                   batch_size=cfg.batch_size, hooks=hooks)
+
+
+def _generative_sample(ctx: StrategyContext, doc: tuple[int, MCQItem], r: Any, o: Any) -> dict[str, Any]:
+    from meditune.evaluation.generative import extract_choice
+
+    doc_id, item = doc
+    pred = extract_choice(o.text, len(item.options))
+    return ctx.sample(item, doc_id, pred, {"exact_match": float(pred == item.answer)}, prompt=r.context,
+                      response=o.text, parsed=pred is not None, completion_tokens=o.completion_tokens,
+                      finish_reason=o.finish_reason, truncated_tokens=o.truncated_tokens,
+                      cached_tokens=o.cached_tokens)

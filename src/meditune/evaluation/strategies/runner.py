@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meditune.distributed import SOLO, current
 from meditune.embeddings import Embedder
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.results import metric_summary
@@ -270,13 +271,17 @@ def run_strategy(name: str, items: Sequence[MCQItem], backend: Backend,
                             "prompt": PROMPT_VERSION,
                             "bank": [bank_key_of(e) for e in bank.entries] if bank else None})[:16]
     wanted = {it.id: item_hash(it) for it in items}
+    # Under several ranks (with out_dir) each rank answers the chunks it owns; the rows are gathered at the end.
+    ranks = current() if out is not None else SOLO
     shard = Shard(out / f".strategy-{name}-{fingerprint}.partial.jsonl",
-                  keep=lambda row: wanted.get(row.get("id")) == row.get("item_hash")) if out else None
+                  keep=lambda row: wanted.get(row.get("id")) == row.get("item_hash"), ranks=ranks) if out else None
     done: dict[str, dict[str, Any]] = shard.done if shard is not None else {}
     if done:
         log.info("resuming %s: %d of %d items already done", name, len(done), len(items))
     todo = [(it, runs) for it, runs in zip(items, plans, strict=True) if it.id not in done]
-    for start in range(0, len(todo), opts.chunk_size):
+    for k, start in enumerate(range(0, len(todo), opts.chunk_size)):
+        if not ranks.owns(k):  # every rank sees the same todo list: chunk k is rank k mod N's
+            continue
         rows = _run_chunk(name, todo[start:start + opts.chunk_size], backend, opts)
         if shard is not None:
             shard.add(rows)
@@ -285,9 +290,11 @@ def run_strategy(name: str, items: Sequence[MCQItem], backend: Backend,
         if progress:
             progress(len(done), len(items))
         log.info("%s: %d/%d items", name, len(done), len(items))
+    if shard is not None:
+        done = shard.merge()
     rows = [done[it.id] for it in items]
     metrics = summarise(name, rows, opts, model=model, bank=bank, setup_wall_s=setup_wall)
-    if out is not None and save:
+    if out is not None and save and ranks.is_main:
         write_jsonl(out / "samples.jsonl", rows)
         write_json(out / "results.json", metrics)
     return StrategyResult(name, rows, metrics)
