@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from meditune.generation.base import BackendConfig, Generation, GenerationRequest, SamplingParams
-from meditune.generation.prefix_cache import PrefixKV, PrefixStore, call_shares, common_prefix_len, plan_batch
+from meditune.generation.prefix_cache import (
+    PrefixKV,
+    PrefixStore,
+    call_shares,
+    common_prefix_len,
+    plan_batch,
+    shared_with_later,
+)
 
 EXEMPLARS = [("A 45-year-old man has crushing chest pain radiating to the left arm. Which test first?",
               "An ECG is fast and shows ST elevation. Answer: B"),
@@ -162,3 +169,22 @@ def test_common_prefix_len():
 def test_generation_records_leave_out_the_cached_count():
     g = Generation("r", 0, "x", 10, 2, "stop", cached_tokens=8)
     assert "cached_tokens" not in g.to_dict() and g == Generation("r", 0, "x", 10, 2, "stop")
+
+
+def test_a_prefix_that_later_batches_share_is_computed_and_kept_even_when_this_batch_alone_would_not_pay():
+    import torch
+
+    shots = list(range(100, 160))
+    prompts = [shots + list(range(k, k + 60)) for k in (1000, 2000, 3000, 4000)]  # one shot block, long questions
+    later = shared_with_later(prompts, [0, 0, 1, 1])
+    assert later == [False, True, False, False]  # the group's last member of batch 0 meets batch 1 in sorted order
+    assert shared_with_later(prompts, [0, 0, 0, 0]) == [False] * 4
+    first = plan_batch(prompts[:2], call_shares(prompts)[:2], PrefixStore(), later=later[:2])
+    alone = plan_batch(prompts[:2], call_shares(prompts)[:2], PrefixStore())
+    assert alone is not None and not alone.pays_off  # two rows: the extra forward costs more than it saves
+    assert first is not None and first.serves_later and first.pays_off and first.materialise[0].keep
+    store = PrefixStore()
+    t = torch.zeros((1, 2, len(shots), 4))
+    store.add(PrefixKV(shots, [(t, t.clone())]))  # once held, nothing is left to serve
+    held = plan_batch(prompts[:2], call_shares(prompts)[:2], store, later=later[:2])
+    assert held is not None and not held.serves_later

@@ -33,7 +33,8 @@ def test_two_generators_on_the_same_model_spec_share_one_set_of_weights(tiny_mod
     ref = weakref.ref(careful.model)
     del careful, degraded, again, half
     gc.collect()
-    assert ref() is None and not [k for k in shared_keys() if str(tiny_model_dir) in str(k)]
+    # (the tokenizer may live on in other caches, e.g. chat's template probe: it is small; the weights are not)
+    assert ref() is None and not [k for k in shared_keys() if k[0] == "causal-lm" and str(tiny_model_dir) in str(k)]
 
 
 def test_shared_weights_generate_what_a_private_copy_generates(tiny_model_dir):
@@ -93,6 +94,7 @@ def test_release_stage_memory_returns_freed_heap_to_the_os():
 
     if glibc() is None or current_rss_mb() is None or user_tunes_malloc():
         pytest.skip("needs glibc, /proc and the default allocator settings")
+    release_stage_memory()  # free pages earlier work left in the heap would be reused without raising RSS
     with training_allocator() as on:
         assert on
         before = current_rss_mb()

@@ -137,10 +137,17 @@ class PrefixPlan:
     cached: list[int]  # per row: prompt tokens it did not compute (reused KV)
     slots: int  # token slots the split path computes (+ FORWARD_COST per forward)
     plain_slots: int  # token slots of the plain padded prefill (+ FORWARD_COST)
+    serves_later: bool = False  # a prefix it keeps is shared with prompts of later batches of the call
 
     @property
     def saved(self) -> int:
         return sum(self.cached)
+
+    @property
+    def pays_off(self) -> bool:
+        """Whether to take the split path: clearly fewer slots in this batch, or prefixes later batches reuse
+        (the plain path keeps no prefix, so every later sharer would compute it again)."""
+        return self.slots <= SPLIT_GAIN * self.plain_slots or self.serves_later
 
     def kv_of(self, row: int) -> PrefixKV | None:
         src = self.sources[row]
@@ -169,6 +176,18 @@ def call_shares(prompts: Sequence[Sequence[int]]) -> list[int]:
     return share
 
 
+def shared_with_later(prompts: Sequence[Sequence[int]], batch_of: Sequence[int], *,
+                      min_shared: int = MIN_SHARED) -> list[bool]:
+    """Per prompt: whether a prompt of a later batch starts with at least `min_shared` of its tokens (a group of
+    prompts sharing a prefix is a run of the sorted order in which every neighbour pair shares it)."""
+    later = [False] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    for a, b in zip(order, order[1:], strict=False):
+        if batch_of[a] != batch_of[b] and common_prefix_len(prompts[a], prompts[b]) >= min_shared:
+            later[a if batch_of[a] < batch_of[b] else b] = True
+    return later
+
+
 def _suffix_width(unique: list[int]) -> int:
     """S minimising padding + forwards: a row whose unique part is longer than S computes the excess as a prefix of
     its own (one more forward), a shorter one is padded to S in the suffix forward."""
@@ -179,16 +198,19 @@ def _suffix_width(unique: list[int]) -> int:
 
 
 def plan_batch(prompts: Sequence[Sequence[int]], shares: Sequence[int], store: PrefixStore, *,
-               min_shared: int = MIN_SHARED) -> PrefixPlan | None:
+               later: Sequence[bool] | None = None, min_shared: int = MIN_SHARED) -> PrefixPlan | None:
     """The split prefill of a batch, or None when no row shares a prefix worth reusing.
 
     `shares`: per row, its longest common prefix with another prompt of the call (`call_shares`), so that a prefix
-    shared with a row of a later batch is computed as such, kept in the store and found there."""
+    shared with a row of a later batch is computed as such, kept in the store and found there. `later`: per row,
+    whether a prompt of a later batch shares its prefix (`shared_with_later`)."""
     n = len(prompts)
-    share = [min(max(s, store.longest(p)[1]), len(p) - 1) for s, p in zip(shares, prompts, strict=True)]
+    held = [store.longest(p)[1] for p in prompts]
+    share = [min(max(s, h), len(p) - 1) for s, h, p in zip(shares, held, prompts, strict=True)]
     share = [s if s >= min_shared else 0 for s in share]
     if not any(share):
         return None
+    serves_later = any(lt and s > h for lt, s, h in zip(later or [False] * n, share, held, strict=True))
     suffix = _suffix_width([len(p) - s for s, p in zip(share, prompts, strict=True)])
     prefix = [max(s, len(p) - suffix) for s, p in zip(share, prompts, strict=True)]
 
@@ -210,7 +232,7 @@ def plan_batch(prompts: Sequence[Sequence[int]], shares: Sequence[int], store: P
     computed = sum(len(m.tokens) - m.base_len for m in planned)
     slots = computed + n * suffix + FORWARD_COST * (len(planned) + 1)
     plain = len({tuple(p) for p in prompts}) * max(len(p) for p in prompts) + FORWARD_COST
-    return PrefixPlan(prefix, sources, planned, suffix, cached, slots, plain)
+    return PrefixPlan(prefix, sources, planned, suffix, cached, slots, plain, serves_later)
 
 
 def keep_prefixes(backend: Any) -> AbstractContextManager[Any]:

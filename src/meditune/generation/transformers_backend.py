@@ -29,12 +29,12 @@ from meditune.generation.kv_cache import full_attention_only, preallocated_cache
 from meditune.generation.packed_linear import packed_linears_of
 from meditune.generation.prefix_cache import (
     DEFAULT_STORE_BYTES,
-    SPLIT_GAIN,
     PrefixKV,
     PrefixPlan,
     PrefixStore,
     call_shares,
     plan_batch,
+    shared_with_later,
 )
 from meditune.generation.sampling import check_request, sample_next, sample_seed, truncate_at_stop
 
@@ -58,6 +58,7 @@ class _Row:
     finish: str | None = None
     cached: int = 0  # prompt tokens whose KV was reused, not computed for this row
     share: int = 0  # longest common prefix with another prompt of the call
+    later: bool = False  # a prompt of a later batch of the call shares its prefix
 
 
 class TransformersBackend:
@@ -176,8 +177,10 @@ class TransformersBackend:
         rows.sort(key=lambda r: (-len(r.prompt), r.req, r.index))
         store = self._store if self._store is not None else PrefixStore(self.prefix_store_bytes)
         if self.prefix_cache:
-            for r, share in zip(rows, call_shares([r.prompt for r in rows]), strict=True):
-                r.share = share
+            prompts = [r.prompt for r in rows]
+            later = shared_with_later(prompts, [i // self.batch_size for i in range(len(rows))])
+            for r, share, lt in zip(rows, call_shares(prompts), later, strict=True):
+                r.share, r.later = share, lt
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
             for finished in self._batch_steps(batch, cancelled, store):
@@ -225,9 +228,9 @@ class TransformersBackend:
         are then copied per sample)."""
         import torch
 
-        plan = plan_batch([r.prompt for r in batch], [r.share for r in batch], store) \
+        plan = plan_batch([r.prompt for r in batch], [r.share for r in batch], store, later=[r.later for r in batch]) \
             if self.prefix_cache and store is not None else None
-        if plan is not None and plan.slots <= SPLIT_GAIN * plan.plain_slots:
+        if plan is not None and plan.pays_off:
             return self._split_prefill(batch, plan, store, capacity)
         dev = self.model.device
         width = max(len(r.prompt) for r in batch)
