@@ -5,7 +5,6 @@ unparseable, counted)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +56,24 @@ def generate_texts(backend: Any, prompts: Sequence[str], *, max_new_tokens: int 
     order = sorted(range(len(prompts)), key=lambda i: (-len(seqs[i]), i))
     size = batch_size or getattr(backend, "batch_size", None) or len(prompts) or 1
     outs: list[GenOut | None] = [None] * len(prompts)
-    keep = getattr(backend, "keep_prefixes", None)  # prefixes computed by one batch serve the next ones
-    with keep() if keep else nullcontext():
-        for start in range(0, len(order), size):
-            idx = order[start:start + size]
-            if not hooks.wants(idx):
-                continue
-            for i, gens in zip(idx, backend.generate([requests[i] for i in idx]), strict=True):
-                g = gens[0]
-                outs[i] = GenOut(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason,
-                                 len(encoded[i]) - g.prompt_tokens, g.cached_tokens)
-            hooks.finished(idx, [outs[i] for i in idx])
+    batches = [idx for idx in (order[k:k + size] for k in range(0, len(order), size)) if hooks.wants(idx)]
+    flat = [i for idx in batches for i in idx]
+    # One call for every wanted prompt, so the prefix plan sees all sharers (a batch keeps a prefix a later batch
+    # shares); stepping it hands each planned batch to the hooks as soon as all its prompts are done.
+    stepped = getattr(backend, "generate_steps", None)
+    steps = stepped([requests[i] for i in flat]) if stepped else iter(
+        [list(enumerate(backend.generate([requests[i] for i in flat])))])
+    reported = 0
+    while True:
+        try:
+            finished = next(steps)
+        except StopIteration:
+            break
+        for pos, gens in finished:
+            i, g = flat[pos], gens[0]
+            outs[i] = GenOut(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason,
+                             len(encoded[i]) - g.prompt_tokens, g.cached_tokens)
+        while reported < len(batches) and all(outs[i] is not None for i in batches[reported]):
+            hooks.finished(batches[reported], [outs[i] for i in batches[reported]])
+            reported += 1
     return outs  # type: ignore[return-value]
