@@ -111,8 +111,8 @@ def test_sliding_window_longer_questions_go_two_pass(tiny, monkeypatch):
     reqs = _requests(tok, "full", False)
     calls = []
     two_pass = LoglikScorer._score_two_pass
-    monkeypatch.setattr(LoglikScorer, "_score_two_pass", lambda self, enc, p: (calls.append(len(enc)),
-                                                                                two_pass(self, enc, p)))
+    monkeypatch.setattr(LoglikScorer, "_score_two_pass", lambda self, enc, *rest: (calls.append(len(enc)),
+                                                                                    two_pass(self, enc, *rest)))
     monkeypatch.setattr(loglik_tree, "sliding_window", lambda m: 40)
     scorer = LoglikScorer(model, tok, method="tree")
     rows = [len(tree_row(*scorer.encoder.encode_request(r)).ids) for r in reqs]
