@@ -3,6 +3,7 @@ a recipe and report a before/after effect) running it, the load average, and one
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -30,6 +31,47 @@ def ready(threads: int) -> bool:
 def load_average() -> str:
     """The 1/5/15-minute load averages, as `uptime` prints them (wall times mean little without them)."""
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def effect_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """An effect bench's parser: its docstring's first paragraph as description, and --out."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(out))
+    return ap
+
+
+def effect_args(ap: argparse.ArgumentParser, trained: str, tiny: dict[str, int]) -> None:
+    """The options every effect bench has besides its sizes: --max-steps (of the `trained` stage), --model,
+    --seed, --threads, --set, and --tiny (these sizes and 2 training steps: an end-to-end check)."""
+    ap.add_argument("--max-steps", type=int, default=0, help=f"> 0: stop {trained} after this many steps")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="further recipe overrides (KEY=VALUE)")
+    sizes = {**tiny, "max_steps": 2}
+    ap.add_argument("--tiny", action="store_true",
+                    help=", ".join(f"{k.replace('_', '-')} {v}" for k, v in sizes.items()) + "; numbers mean nothing")
+    ap.set_defaults(tiny_sizes=sizes)
+
+
+def begin(args: argparse.Namespace) -> bool:
+    """--tiny sizes, threads and shared data (ready), the load average at the start, the output directory;
+    False: skip."""
+    if args.tiny:
+        for key, value in args.tiny_sizes.items():
+            setattr(args, key, value)
+    if not ready(args.threads):
+        return False
+    print(f"start: {load_average()}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def print_effects(*rows: list[str]) -> None:
+    """The effect table: EFFECT_HEADER, then one row per list of cells."""
+    print(EFFECT_HEADER)
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
 
 
 def build_recipe(data: dict[str, Any], overrides: list[str]) -> Any:

@@ -30,18 +30,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import (
-    EFFECT_HEADER,
-    SHARED,
-    build_recipe,
-    load_average,
-    paired,
-    ready,
-    run_stages,
-    stage_minutes,
-    train_line,
-    with_ci,
-)
+import common
+from common import SHARED, paired, with_ci
 
 HEADQA_TRAIN = f"headqa:{SHARED / 'headqa' / 'en' / 'train_HEAD_EN.json'}"
 HEADQA_DEV = f"headqa:{SHARED / 'headqa' / 'en' / 'dev_HEAD_EN.json'}"
@@ -94,46 +84,36 @@ def pairs_summary(stages: dict) -> tuple[int, str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("bench/out/effects_dpo"))
+    ap = common.effect_parser(__doc__, "bench/out/effects_dpo")
     ap.add_argument("--questions", type=int, default=160, help="pair questions (HEAD-QA en train, random)")
     ap.add_argument("--samples", type=int, default=4, help="sampled answers per question")
     ap.add_argument("--max-new-tokens", type=int, default=128, help="reasoning length, collection and evaluation")
     ap.add_argument("--mcq", type=int, default=200, help="HEAD-QA en dev items evaluated (random)")
-    ap.add_argument("--max-steps", type=int, default=0, help="> 0: stop DPO after this many steps")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--tiny", action="store_true", help="8 questions, 4 samples of 48 tokens, 6 MCQs, 2 steps")
-    ap.add_argument("--set", action="append", default=[], help="further recipe overrides (KEY=VALUE)")
+    common.effect_args(ap, "DPO", {"questions": 8, "max_new_tokens": 48, "mcq": 6})
     args = ap.parse_args()
-    if args.tiny:
-        args.questions, args.max_new_tokens, args.mcq, args.max_steps = 8, 48, 6, 2
-    if not ready(args.threads):
+    if not common.begin(args):
         return 0
-    print(f"start: {load_average()}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    recipe = build_recipe(recipe_data(args), args.set)
+    recipe = common.build_recipe(recipe_data(args), args.set)
     names = [s.name for s in recipe.stages]
     # up to the pairs first: with no pair there is nothing to train, and the datacard says why
-    stages, wall = run_stages(recipe, args.out / "run", only=names[:names.index("prefs") + 1])
+    stages, wall = common.run_stages(recipe, args.out / "run", only=names[:names.index("prefs") + 1])
     n_pairs, line = pairs_summary(stages)
     print(line)
     if not n_pairs:
-        print(f"no preference pair: nothing to train (see the drop reasons above); end: {load_average()}")
+        print(f"no preference pair: nothing to train (see the drop reasons above); end: {common.load_average()}")
         return 1
-    stages, wall2 = run_stages(recipe, args.out / "run")
+    stages, wall2 = common.run_stages(recipe, args.out / "run")
     before, after = stages["mcq_before"], stages["mcq_after"]
     mb, ma = before.results["meditune"]["metrics"]["acc"], after.results["meditune"]["metrics"]["acc"]
     d, parse = paired(before, after, "acc"), paired(before, after, "parse_failure")
-    print(EFFECT_HEADER)
-    print(f"| CoT accuracy after DPO on {n_pairs} own right-vs-wrong CoT pairs (HEAD-QA en train questions) | "
-          f"HEAD-QA en dev, random {d['n']} | cot strategy, greedy, {args.max_new_tokens} tokens, no retry, "
-          f"unparseable = wrong; paired bootstrap | {with_ci(mb)} | {with_ci(ma)} | {with_ci(d, signed=True)} | "
-          f"{stage_minutes(stages)} |")
+    common.print_effects([f"CoT accuracy after DPO on {n_pairs} own right-vs-wrong CoT pairs (HEAD-QA en train "
+                          "questions)", f"HEAD-QA en dev, random {d['n']}",
+                          f"cot strategy, greedy, {args.max_new_tokens} tokens, no retry, unparseable = wrong; "
+                          "paired bootstrap", with_ci(mb), with_ci(ma), with_ci(d, signed=True),
+                          common.stage_minutes(stages)])
     print(f"parse failures: {parse['before']:.3f} -> {parse['after']:.3f}, difference {with_ci(parse, signed=True)}")
-    print(train_line(stages["dpo"]))
-    print(f"this invocation {(wall + wall2) / 60:.1f} min; end: {load_average()}")
+    print(common.train_line(stages["dpo"]))
+    print(f"this invocation {(wall + wall2) / 60:.1f} min; end: {common.load_average()}")
     return 0
 
 

@@ -30,18 +30,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from common import (
-    EFFECT_HEADER,
-    SHARED,
-    build_recipe,
-    load_average,
-    paired,
-    ready,
-    run_stages,
-    stage_minutes,
-    train_line,
-    with_ci,
-)
+import common
+from common import SHARED, paired, with_ci
 
 CCKS = SHARED / "ccks2019_ner"
 MIN_SEGMENT_CHARS = 20
@@ -116,30 +106,20 @@ def recipe_data(args: argparse.Namespace, train_path: Path, dev_path: Path) -> d
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("bench/out/effects_ner"))
+    ap = common.effect_parser(__doc__, "bench/out/effects_ner")
     ap.add_argument("--n", type=int, default=160, help="CCKS dev documents evaluated (the first N, one segment each)")
     ap.add_argument("--train", type=int, default=64, help="CCKS train documents trained on (one segment each)")
     ap.add_argument("--max-chars", type=int, default=100, help="segment length in characters (whole sentences)")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="answer length")
     ap.add_argument("--batch-size", type=int, default=16, help="generation batch")
-    ap.add_argument("--max-steps", type=int, default=0, help="> 0: stop SFT after this many steps")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--tiny", action="store_true", help="3 dev segments, 8 train segments, 2 steps, 48 new tokens")
-    ap.add_argument("--set", action="append", default=[], help="further recipe overrides (KEY=VALUE)")
+    common.effect_args(ap, "SFT", {"n": 3, "train": 8, "max_new_tokens": 48})
     args = ap.parse_args()
-    if args.tiny:
-        args.n, args.train, args.max_new_tokens, args.max_steps = 3, 8, 48, 2
-    if not ready(args.threads):
+    if not common.begin(args):
         return 0
-    print(f"start: {load_average()}")
-    args.out.mkdir(parents=True, exist_ok=True)
     train_path, dev_path, counts = write_data(args.out, args)
     print(f"data: {counts}")
-    recipe = build_recipe(recipe_data(args, train_path, dev_path), args.set)
-    stages, wall = run_stages(recipe, args.out / "run")
+    recipe = common.build_recipe(recipe_data(args, train_path, dev_path), args.set)
+    stages, wall = common.run_stages(recipe, args.out / "run")
     before, after = stages["ner_before"], stages["ner_after"]
     mb, ma = before.results["meditune"], after.results["meditune"]
     fb, fa = mb["metrics"]["micro_f1"], ma["metrics"]["micro_f1"]
@@ -148,17 +128,16 @@ def main() -> int:
                 f"prompt format; greedy, {args.max_new_tokens} new tokens; exact span+type")
     data = (f"CCKS-2019 dev, one segment (<= {args.max_chars} chars) of each of the first {args.n} documents: "
             f"n = {fb['n']} items, {counts['dev_entities']} entities")
-    print(EFFECT_HEADER)
-    print(f"| NER micro F1 (bootstrap over items) | {data} | {protocol} | {with_ci(fb)} | {with_ci(fa)} | "
-          f"{fa['value'] - fb['value']:+.3f} (see the two CIs) | {stage_minutes(stages)} |")
-    print(f"| NER per-item F1 (paired bootstrap) | same items, n = {doc['n']} | same run | {doc['before']:.3f} | "
-          f"{doc['after']:.3f} | {with_ci(doc, signed=True)} | (same run) |")
+    common.print_effects(["NER micro F1 (bootstrap over items)", data, protocol, with_ci(fb), with_ci(fa),
+                          f"{fa['value'] - fb['value']:+.3f} (see the two CIs)", common.stage_minutes(stages)],
+                         ["NER per-item F1 (paired bootstrap)", f"same items, n = {doc['n']}", "same run",
+                          f"{doc['before']:.3f}", f"{doc['after']:.3f}", with_ci(doc, signed=True), "(same run)"])
     for name, m in (("before", mb), ("after", ma)):
         print(f"{name}: micro P {with_ci(m['metrics']['micro_precision'])}, R {with_ci(m['metrics']['micro_recall'])}"
               f"; no entity parsed in {m['no_entities_parsed']}/{fb['n']} items, unmapped entities "
               f"{m['unmapped_entities']}, empty outputs {m['empty_outputs']}")
-    print(train_line(stages["sft"]))
-    print(f"this invocation {wall / 60:.1f} min; end: {load_average()}")
+    print(common.train_line(stages["sft"]))
+    print(f"this invocation {wall / 60:.1f} min; end: {common.load_average()}")
     return 0
 
 
