@@ -22,10 +22,9 @@ import argparse
 import json
 import random
 import re
-import time
 from pathlib import Path
 
-from common import SHARED, ready
+from common import SHARED, load_average, paired, ready, run_stages, stage_minutes
 
 
 def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
@@ -86,10 +85,9 @@ def main() -> None:
     args = ap.parse_args()
     if not ready(args.threads):
         return
-    from meditune.pipeline import Pipeline
     from meditune.recipe import bundled_recipe, load_recipe
-    from meditune.report.collect import load_stages, paired_diffs
 
+    print(f"start: {load_average()}")
     args.out.mkdir(parents=True, exist_ok=True)
     counts = build_data(args.out, args.per_category, args.test_per_category, args.benign_train, args.benign_test,
                         args.seed)
@@ -101,10 +99,7 @@ def main() -> None:
                  "report.title=Safety DPO on real data (MedSafetyBench, MedicationQA, HealthSearchQA, MedQA-US)",
                  *args.set]
     recipe = load_recipe(bundled_recipe("quickstart"), overrides)
-    t0 = time.time()
-    Pipeline(recipe, args.out / "run").run()
-    wall = time.time() - t0
-    stages = {s.name: s for s in load_stages(args.out / "run", [s.name for s in recipe.stages])}
+    stages, wall = run_stages(recipe, args.out / "run")
     card = json.loads((args.out / "run" / "prefs" / "datacard.json").read_text(encoding="utf-8"))
     print(f"data: {counts}; pairs: {card['counts']['pairs']} of {card['counts']['questions']} train requests "
           f"(dropped by reason: {card['counts']['questions_dropped']})")
@@ -112,11 +107,10 @@ def main() -> None:
     for before, after, metric in (("safety_before", "safety_after", "harmful_compliance"),
                                   ("safety_before", "safety_after", "over_refusal"),
                                   ("mcq_before", "mcq_after", "acc")):
-        d = next(d for d in paired_diffs(stages[before], stages[after]) if d["metric"] == metric)
+        d = paired(stages[before], stages[after], metric)
         print(f"| {metric} | {d['before']:.3f} | {d['after']:.3f} | {d['diff']:+.3f} "
               f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['n']} |")
-    print(f"wall time {wall / 60:.1f} min (stages: " + ", ".join(
-        f"{s.name} {s.manifest.get('duration_s', 0) / 60:.1f}" for s in stages.values()) + ")")
+    print(f"wall time {wall / 60:.1f} min; stages {stage_minutes(stages)}; end: {load_average()}")
 
 
 if __name__ == "__main__":
