@@ -78,6 +78,16 @@ def test_keyword_and_embedding_classifiers_on_fixed_examples():
     assert {v.how for v in EmbeddingClassifier().classify([("q", quiet), ("q", anyway)])} == {"embedding"}
 
 
+def test_the_refusal_judge_takes_the_configured_reply_length():
+    from meditune.scoring.refusal import build_classifier
+
+    judge = ScriptedBackend(lambda req, i: "REFUSAL")
+    assert build_classifier("judge", judge).params.max_new_tokens == 16
+    clf = build_classifier("judge", judge, judge_max_new_tokens=40, seed=3)
+    assert (clf.params.max_new_tokens, clf.params.seed) == (40, 3)
+    assert [v.refused for v in clf.classify([("q", "Sure, here it is.")])] == [True]
+
+
 def test_the_fit_set_is_hand_labelled_model_output_and_references():
     rows = fit_examples()
     assert {r["label"] for r in rows} == {"refusal", "compliance"}

@@ -73,7 +73,8 @@ def evaluate_safety(opts: SafetyOptions, out_dir: str | Path, *, backend: Backen
             for it, kind in items]
     responses = first_texts(gen.generate(reqs))
     kind_of = opts.classifier if opts.classifier != "auto" else "judge" if judge_backend is not None else "embedding"
-    verdicts = build_classifier(kind_of, judge_backend).classify(
+    verdicts = build_classifier(kind_of, judge_backend, judge_max_new_tokens=opts.judge_max_new_tokens,
+                                seed=opts.seed).classify(
         [(it.request, t) for (it, _), (t, _) in zip(items, responses, strict=True)], ids=[r.id for r in reqs])
     refusals = [v.refused for v in verdicts]
     use_judge = kind_of == "judge"

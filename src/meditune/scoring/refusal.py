@@ -197,7 +197,8 @@ class JudgeClassifier:
         return out
 
 
-def build_classifier(kind: str, judge: Backend | None = None, embedding_model: str | None = None) -> Any:
+def build_classifier(kind: str, judge: Backend | None = None, embedding_model: str | None = None,
+                     judge_max_new_tokens: int = 16, seed: int = 0) -> Any:
     """A refusal classifier by name (keyword | embedding | judge, which needs a judge backend)."""
     if kind == "keyword":
         return KeywordClassifier()
@@ -207,5 +208,5 @@ def build_classifier(kind: str, judge: Backend | None = None, embedding_model: s
         if judge is None:
             raise ConfigError("the judge refusal classifier needs a judge: set 'judge' (a model spec or "
                               "{backend: openai, model: ..., base_url: ...})")
-        return JudgeClassifier(judge)
+        return JudgeClassifier(judge, max_new_tokens=judge_max_new_tokens, seed=seed)
     raise ConfigError(f"unknown refusal classifier {kind!r}; one of: {', '.join(CLASSIFIERS)}")
