@@ -77,6 +77,8 @@ def packing_note(backend, batches: list[int]) -> str:
     import time
 
     packed = backend.packed_linears
+    if packed is None:
+        return "MKL weight packing: off (--pack-weights turns it on)"
     if not packed.enabled:
         return "MKL weight packing: off (not a float32 CPU model with MKL)"
     parts = []
@@ -128,6 +130,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best round per setting counts")
     ap.add_argument("--no-peer", action="store_true", help="skip the transformers model.generate comparison")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--pack-weights", action="store_true", help="MKL-packed weights (BackendConfig.pack_weights)")
     args = ap.parse_args()
     import torch
 
@@ -137,7 +140,7 @@ def main() -> None:
     from meditune.generation.base import BackendConfig
     from meditune.generation.factory import make_backend
 
-    backend = make_backend(BackendConfig(model=args.model, dtype=args.dtype))
+    backend = make_backend(BackendConfig(model=args.model, dtype=args.dtype, pack_weights=args.pack_weights))
     batches = [int(b) for b in args.batches.split(",")]
     bench_ours(backend, 1, 4, 1)  # warm-up
     print(f"model={args.model} device={backend.model.device} dtype={backend.model.dtype} "

@@ -18,11 +18,11 @@ def backend(model_dir, **kw):
 
 
 def test_two_generators_on_the_same_model_spec_share_one_set_of_weights(tiny_model_dir):
-    careful = backend(tiny_model_dir, system_prompt="Be careful.", name="careful")
-    degraded = backend(tiny_model_dir, system_prompt="Be bold.", name="degraded", batch_size=4)
+    careful = backend(tiny_model_dir, system_prompt="Be careful.", name="careful", pack_weights=True)
+    degraded = backend(tiny_model_dir, system_prompt="Be bold.", name="degraded", batch_size=4, pack_weights=True)
     assert careful.model is degraded.model
     assert {p.data_ptr() for p in careful.model.parameters()} == {p.data_ptr() for p in degraded.model.parameters()}
-    assert careful.packed_linears is degraded.packed_linears  # one set of packings too
+    assert careful.packed_linears is not None and careful.packed_linears is degraded.packed_linears  # one set
     # the spec written another way (a trailing slash) is the same weights
     again = load_shared_model(str(tiny_model_dir) + "/", device="cpu", dtype="float32")[0]
     assert again is careful.model
@@ -131,3 +131,15 @@ def test_an_embedder_built_per_call_loads_its_model_once_per_stage(monkeypatch, 
     assert not [k for k in shared_keys() if str(tmp_path) in str(k)]
     embeddings.Embedder(str(tmp_path))(["a fact"])
     assert len(loads) == 2
+
+
+def test_weight_packing_is_opt_in_and_changes_no_output(tiny_model_dir):
+    """Packing costs a copy of the weights per row count (docs/cost.md), so a backend packs only when asked; the
+    answers are the same either way."""
+    plain = backend(tiny_model_dir)
+    assert plain.packed_linears is None
+    reqs = [GenerationRequest(id=f"r{i}", prompt=p, params=SamplingParams(max_new_tokens=6, temperature=0.0))
+            for i, p in enumerate(["The heart", "Aspirin is", "A fever of 39 C in a child"])]
+    packed = backend(tiny_model_dir, pack_weights=True)
+    assert packed.packed_linears is not None
+    assert [g[0].text for g in plain.generate(reqs)] == [g[0].text for g in packed.generate(reqs)]

@@ -10,6 +10,7 @@ Specs:
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -150,6 +151,17 @@ def pick_dtype(dtype: str, device: str):
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def kv_cache_argument(model: Any) -> str:
+    """The forward() keyword that takes a KV cache: `cache` from transformers 5.24 on (which deprecates
+    `past_key_values` with a warning), `past_key_values` before and in remote-code models."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps forward(**kwargs)
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def set_pad_token(tokenizer: Any, model: Any = None) -> None:

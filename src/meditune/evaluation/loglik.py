@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from meditune.cost import count_tokens
 from meditune.errors import ConfigError
+from meditune.models import kv_cache_argument
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class LoglikScorer:
             full_mask = torch.cat([mask[src], cmask], dim=1)
             pos = last[src].unsqueeze(1) + 1 + torch.arange(t, device=dev).unsqueeze(0)
             out2 = self.model(input_ids=cids, attention_mask=full_mask, position_ids=pos,
-                              past_key_values=cache, use_cache=True)
+                              use_cache=True, **{kv_cache_argument(self.model): cache})
             rest_lp = F.log_softmax(out2.logits.float(), dim=-1)  # [rows, t, V]
         row_of = {rj: k for k, rj in enumerate(rows)}
 

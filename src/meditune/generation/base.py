@@ -121,6 +121,10 @@ class BackendConfig(BaseModel):
     # vllm backend: GPUs one engine shards the model over, within one rank (docs/scaleout.md); None = vLLM's 1
     tensor_parallel_size: int | None = Field(None, ge=1)
     prefix_cache: bool = True  # transformers: compute a prefix shared by several prompts once per call
+    # transformers, float32 on CPU: MKL-packed Linear weights per batch row count (generation/packed_linear.py).
+    # Off by default: it pays on long fixed-size batches, but costs a copy of the weights per row count in use and
+    # repacks as batches shrink (the quickstart's safety eval: 1.2 GB more and 9 % slower with it; docs/cost.md)
+    pack_weights: bool = False
     # openai backend
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from files

@@ -68,7 +68,7 @@ class TransformersBackend:
 
     def __init__(self, cfg: BackendConfig | None = None, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg or BackendConfig()
-        from meditune.models import load_shared_model, set_pad_token
+        from meditune.models import kv_cache_argument, load_shared_model, set_pad_token
 
         if model is None:  # backends on the same model (generators, judges) share one copy of the weights
             model, tokenizer = load_shared_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
@@ -82,7 +82,9 @@ class TransformersBackend:
         self.prefill_tokens = 0  # running totals: prompt tokens of the rows prefilled, and those served from
         self.prefill_tokens_saved = 0  # KV computed once for several rows (shared prefixes, n samples)
         self._keep_last = True
-        self.packed_linears = packed_linears_of(model)  # float32 CPU models with MKL; one per model
+        self._cache_kw = kv_cache_argument(model)
+        # float32 CPU models with MKL, when asked (pack_weights); one per model, shared by its backends
+        self.packed_linears = packed_linears_of(model) if self.cfg.pack_weights else None
         # prefix caching needs every layer to keep its whole history (no sliding window, no recurrent state)
         self.prefix_cache = self.cfg.prefix_cache and full_attention_only(model.config)
         self.prefix_store_bytes = DEFAULT_STORE_BYTES
@@ -209,8 +211,10 @@ class TransformersBackend:
         return truncate_at_stop(self.tokenizer.decode(row.out[-tail:], skip_special_tokens=True),
                                 row.params.stop)[1]
 
-    def _forward(self, **inputs: Any) -> Any:
+    def _forward(self, cache: Any = None, **inputs: Any) -> Any:
         """Last-position logits; logits_to_keep=1 skips the vocabulary projection of the other positions."""
+        if cache is not None:
+            inputs[self._cache_kw] = cache
         if self._keep_last:
             try:
                 return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
@@ -243,11 +247,11 @@ class TransformersBackend:
         self._count_prefill(batch, [0 if source[j] == j else len(r.prompt) for j, r in enumerate(batch)])
         heads = sorted(set(source))
         if len(heads) == len(batch):
-            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
+            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
             return logits, mask, pos, cache
         uniq = torch.tensor(heads, device=ids.device)
         logits = self._forward(input_ids=ids[uniq], attention_mask=mask[uniq], position_ids=pos[uniq],
-                               past_key_values=cache)
+                               cache=cache)
         rank = {j: k for k, j in enumerate(heads)}
         expand = torch.tensor([rank[j] for j in source], device=ids.device)
         cache.batch_select_indices(expand)
@@ -277,7 +281,7 @@ class TransformersBackend:
         self._forward(input_ids=torch.tensor([tokens[base_len:]], device=dev),
                       attention_mask=torch.ones((1, len(tokens)), dtype=torch.long, device=dev),
                       position_ids=torch.arange(base_len, len(tokens), device=dev)[None],
-                      past_key_values=cache)
+                      cache=cache)
         return PrefixKV(tokens, [(layer.keys, layer.values) for layer in cache.layers])
 
     def _split_prefill(self, batch: list[_Row], plan: PrefixPlan, store: PrefixStore,
@@ -312,7 +316,7 @@ class TransformersBackend:
             mask[j, width + suffix - len(rest):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # each token's position in its unsplit prompt
-        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos[:, width:], past_key_values=cache)
+        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos[:, width:], cache=cache)
         self._count_prefill(batch, plan.cached)
         return logits, mask, pos, cache
 
@@ -326,9 +330,10 @@ class TransformersBackend:
         gens = [torch.Generator().manual_seed(sample_seed(r.params.seed, r.index)) for r in batch]
         live = list(range(len(batch)))  # the batch row held by each row of the model's batch (and KV cache)
         # a single row goes to MKL's matrix-vector kernel, which copies nothing: no packing, no wrapped layers
-        packing = self.packed_linears.installed() if len(batch) > 1 else nullcontext(self.packed_linears)
+        packs = self.packed_linears is not None and len(batch) > 1
+        packing = self.packed_linears.installed() if packs else nullcontext(None)
         with torch.inference_mode(), packing as packed:
-            if len(batch) > 1:
+            if packs:
                 packed.pack(len(batch))
             logits, mask, pos, cache = self._prefill(batch, store, max(r.max_new for r in batch))
             last_pos = pos[:, -1]
@@ -368,11 +373,12 @@ class TransformersBackend:
                     cache.batch_select_indices(sel)
                     mask, last_pos = mask[sel], last_pos[sel]
                     live, feed = [live[j] for j in keep], [feed[j] for j in keep]
-                    if len(live) > 1 and max(batch[i].max_new - len(batch[i].out) for i in live) >= REPACK_STEPS:
+                    left = max(batch[i].max_new - len(batch[i].out) for i in live)
+                    if packs and len(live) > 1 and left >= REPACK_STEPS:
                         packed.pack(len(live))
                 mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
                 # finished rows keep their position, so an idle row never runs past the model's context
                 last_pos = last_pos + torch.tensor([batch[i].finish is None for i in live], device=dev)
                 logits = self._forward(input_ids=torch.tensor(feed, device=dev)[:, None], attention_mask=mask,
-                                       position_ids=last_pos[:, None], past_key_values=cache)
+                                       position_ids=last_pos[:, None], cache=cache)
                 yield finished
