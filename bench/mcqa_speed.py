@@ -97,6 +97,12 @@ def run_probe(side: str, model_dir: str, env: dict[str, str]) -> dict[str, float
 
 # ------------------------------------------------------------------------------------------ data and tasks
 
+def kormed_answer(value: str) -> int:
+    """The gold option index: the CSVs give the answer as 1-5 (KorMedMCQA on the Hub) or as a letter."""
+    value = value.strip()
+    return int(value) - 1 if value.isdigit() else LETTERS.index(value)
+
+
 def read_kormed_doctor(n: int, split: str = "valid") -> list[dict]:
     """First n rows of KorMedMCQA doctor/<split>.csv as {id, question, options[5], answer}."""
     rows = []
@@ -105,7 +111,7 @@ def read_kormed_doctor(n: int, split: str = "valid") -> list[dict]:
             if len(rows) >= n:
                 break
             rows.append({"id": f"kormed-doctor-{split}-{i}", "question": d["question"],
-                         "options": [d[k] for k in LETTERS], "answer": LETTERS.index(d["answer"].strip()),
+                         "options": [d[k] for k in LETTERS], "answer": kormed_answer(d["answer"]),
                          "subject": "doctor", "language": "ko"})
     return rows
 
