@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meditune.errors import ConfigError
-from meditune.evaluation.generative import extract_choice
+from meditune.evaluation.strategies.direct import parse_direct_answer
 from meditune.generation.sampling import truncate_at_stop
 from meditune.prompts import PromptBuilder, get_template, pick_shots
 from meditune.records import MCQItem
@@ -108,8 +108,8 @@ def test_custom_template_and_errors():
     ("no idea", 4, None),
     ("", 4, None),
 ])
-def test_extract_choice(text, n, expected):
-    assert extract_choice(text, n) == expected
+def test_generative_direct_answer_letter(text, n, expected):
+    assert parse_direct_answer(text, n, "generative") == expected
 
 
 def test_truncate_at_stop():

@@ -19,7 +19,8 @@ PUBMEDQA_LIKE = MCQItem(id="p1", question="Does aspirin prevent stroke?", option
 def mcq_prompts_of_every_part(item: MCQItem) -> dict[str, str]:
     """The MCQ text each part sends for an item: (training, generation, prefs, strategies, evaluation)."""
     from meditune.data.export import to_trl_sft
-    from meditune.evaluation.strategies.cot import cot_messages, direct_messages
+    from meditune.evaluation.strategies.cot import cot_messages
+    from meditune.evaluation.strategies.direct import direct_messages
     from meditune.generation.inputs import record_messages
     from meditune.prefs.questions import question_text
     from meditune.prompts import PromptBuilder, get_template
@@ -73,20 +74,20 @@ def test_chat_variants_without_context_have_no_context_block(template):
 
 def test_every_letter_parser_is_meditune_letters(monkeypatch):
     from meditune import letters
-    from meditune.evaluation.generative import extract_choice
-    from meditune.evaluation.strategies.cot import parse_cot_answer, parse_direct_answer
+    from meditune.evaluation.strategies.cot import parse_cot_answer
+    from meditune.evaluation.strategies.direct import parse_direct_answer
     from meditune.scoring.answer import AnswerScorer
     from meditune.scoring.base import ScoreInput
     from meditune.training.mcq_reasoning import correct_reward, format_score
 
     text = "«B» Answer: C"
-    assert extract_choice(text, 4) == 2 and parse_cot_answer(text, 4) == 2  # the real protocols say C
+    assert parse_direct_answer(text, 4, "generative") == 2 and parse_cot_answer(text, 4) == 2  # the real ones: C
     # every protocol reduced to one private cue: each former parser now reads B
     cue = letters.Cue("marker", r"«(<CLS>)»")
     monkeypatch.setattr(letters, "PROTOCOLS", {name: (cue,) for name in letters.PROTOCOLS})
     letters._compiled.cache_clear()
     try:
-        assert extract_choice(text, 4) == 1  # generative MCQA (lm_eval cascade)
+        assert parse_direct_answer(text, 4, "generative") == 1  # generative MCQA (lm_eval cascade)
         assert parse_cot_answer(text, 4) == 1  # CoT strategies
         assert parse_direct_answer(text, 4) == 1  # letter-only strategy
         opts = ["w", "x", "y", "z"]
@@ -96,6 +97,69 @@ def test_every_letter_parser_is_meditune_letters(monkeypatch):
         assert format_score("«B»", 4) == 0.5  # GRPO's format reward: an answer, with no reasoning before it
     finally:
         letters._compiled.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------- direct answering
+
+def test_every_direct_answer_is_asked_and_read_through_the_direct_strategy(monkeypatch, tmp_path, tiny_model_dir):
+    """Direct answering has one owner (strategies/direct.py, its VARIANTS): the engine's generative variant
+    (`meditune eval mcqa --mode generative`, eval_mcqa stages) and run_strategy's letter_only variant (the
+    strategy bench) read answers with their variant's protocol; letter_only asks with its variant's template."""
+    from dataclasses import replace
+
+    from meditune import letters
+    from meditune.evaluation import generative
+    from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
+    from meditune.evaluation.strategies import STRATEGIES, direct, run_strategy
+    from meditune.generation.base import ScriptedBackend
+    from meditune.io import read_jsonl
+    from meditune.prompts import COT_INSTRUCTION
+    from meditune.records import write_records
+
+    assert STRATEGIES["direct"].run is direct.run_direct  # the engine's `direct`, loglik and generative
+    text = "«B» Answer: C"  # the real protocols read C
+    monkeypatch.setitem(letters.PROTOCOLS, "marker", (letters.Cue("marker", r"«(<CLS>)»"),))
+    monkeypatch.setitem(direct.VARIANTS, "generative", replace(direct.VARIANTS["generative"], parse="marker"))
+    monkeypatch.setitem(direct.VARIANTS, "letter_only",
+                        replace(direct.VARIANTS["letter_only"], parse="marker", template="cot", parse_rule="«X»"))
+
+    def greedy_answers(backend, prompts, *, hooks, **kw):
+        outs = [generative.GenOut(text, 1, 1, "stop") for _ in prompts]
+        if hooks.wants(list(range(len(prompts)))):
+            hooks.finished(list(range(len(prompts))), outs)
+        return outs
+
+    monkeypatch.setattr(generative, "generate_texts", greedy_answers)
+    items = [MCQItem(id=f"q{i}", question=f"Question {i}?", options=["a", "b", "c"], answer=i % 3) for i in range(3)]
+    write_records(tmp_path / "items.jsonl", items)
+    try:
+        paths = evaluate_mcqa(MCQAOptions(data=str(tmp_path / "items.jsonl"), device="cpu", mode="generative"),
+                              tmp_path / "engine", model=str(tiny_model_dir))
+        assert [s["pred"] for s in read_jsonl(paths["samples"])] == [1, 1, 1]
+        asked = []
+
+        def answer(req, i):
+            asked.append(req.messages[-1]["content"])
+            return text
+
+        res = run_strategy("direct", items, ScriptedBackend(answer))
+        assert [r["pred"] for r in res.predictions] == [1, 1, 1]
+        assert len(asked) == 3 and all(COT_INSTRUCTION.format(letters="A, B, C") in a for a in asked)
+        assert res.metrics["protocol"]["parse"] == "«X»" and res.metrics["protocol"]["variant"] == "letter_only"
+    finally:
+        letters._compiled.cache_clear()
+
+
+def test_direct_prompts_and_parsers_are_named_only_by_the_direct_strategy():
+    from pathlib import Path
+
+    import meditune
+
+    src = Path(meditune.__file__).parent
+    for name in ('"letter_or_answer_line"', '"letter_only"', '"lm_eval"'):
+        users = [str(p.relative_to(src)) for p in src.rglob("*.py") if name in p.read_text(encoding="utf-8")
+                 and p.name not in ("letters.py", "prompts.py")]
+        assert users == ["evaluation/strategies/direct.py"], (name, users)
 
 
 # ------------------------------------------------------------------------------------------ reward scorer
@@ -178,8 +242,6 @@ def test_every_embedding_goes_through_meditune_embeddings(monkeypatch):
 
 def test_every_results_file_summarises_metrics_with_metric_summary(monkeypatch):
     from meditune.evaluation import open_common, results
-    from meditune.evaluation.strategies import runner
-    from meditune.evaluation.strategies.options import parse_options
 
     calls = []
     real = results.metric_summary
@@ -190,13 +252,57 @@ def test_every_results_file_summarises_metrics_with_metric_summary(monkeypatch):
 
     monkeypatch.setattr(results, "metric_summary", spy)
     monkeypatch.setattr(open_common, "metric_summary", spy)
-    monkeypatch.setattr(runner, "metric_summary", spy)
     results.aggregate([{"metrics": {"acc": 1.0}}, {"metrics": {"acc": 0.0}}])  # MCQA results.json
     open_common.by_group([{"metrics": {"x": 1.0}, "g": "a"}], "x", lambda s: s["g"], binary=True)  # open evals
     row = {"correct": True, "generations": 1, "failed": 0, "retries": 0, "completion_tokens": 1, "prompt_tokens": 1,
            "wall_s": 0.1, "pred": 0, "tie": False, "agreement": 1.0}
-    runner.summarise("cot", [row], parse_options({}), model="m", bank=None, setup_wall_s=0.0)  # strategies
+    results.strategy_summary([row], strategy="cot", model="m", protocol={}, bank=None, setup_wall_s=0.0)
     assert calls == [False, True, False, True]
+
+
+def test_every_mcqa_results_file_is_built_by_build_results(monkeypatch, tmp_path, tiny_model_dir):
+    """The engine (direct and the strategies through it) and run_strategy write results.json through
+    results.build_results; run_strategy's summary comes from results.strategy_summary and keeps its keys."""
+    from meditune.evaluation import results
+    from meditune.evaluation.mcqa import MCQAOptions, evaluate_mcqa
+    from meditune.evaluation.strategies import run_strategy
+    from meditune.generation.base import ScriptedBackend
+    from meditune.io import read_json
+    from meditune.records import write_records
+
+    built, summarised = [], []
+    real_build, real_summary = results.build_results, results.strategy_summary
+
+    def build(task, samples, **kw):
+        built.append(kw["protocol"].get("strategy"))
+        return {**real_build(task, samples, **kw), "marker": 1}
+
+    def summary(rows, **kw):
+        summarised.append(kw["strategy"])
+        return real_summary(rows, **kw)
+
+    for module in ("meditune.evaluation.results", "meditune.evaluation.mcqa"):
+        monkeypatch.setattr(f"{module}.build_results", build)
+    for module in ("meditune.evaluation.results", "meditune.evaluation.strategies.runner"):
+        monkeypatch.setattr(f"{module}.strategy_summary", summary)
+
+    items = [MCQItem(id=f"q{i}", question=f"Question {i}?", options=["a", "b", "c"], answer=i % 3) for i in range(3)]
+    write_records(tmp_path / "items.jsonl", items)
+    evaluate_mcqa(MCQAOptions(data=str(tmp_path / "items.jsonl"), device="cpu"), tmp_path / "direct",
+                  model=str(tiny_model_dir))  # meditune eval mcqa, eval_mcqa stages
+    evaluate_mcqa(MCQAOptions(data=str(tmp_path / "items.jsonl"), device="cpu", strategy="cot",
+                              strategy_options={"max_new_tokens": 2, "max_retries": 0}), tmp_path / "cot",
+                  model=str(tiny_model_dir))  # a strategy through the engine
+    res = run_strategy("direct", items, ScriptedBackend(lambda r, i: "B"), {}, tmp_path / "runner")  # benches
+    assert built == ["direct", "cot", "direct"] and summarised == ["cot", "direct"]
+    for name in ("direct", "cot", "runner"):
+        assert read_json(tmp_path / name / "results.json")["marker"] == 1, name
+    on_disk = read_json(tmp_path / "runner" / "results.json")
+    assert {k: on_disk[k] for k in res.metrics} == res.metrics  # every key run_strategy's readers read
+    assert on_disk["results"]["mcqa"]["acc,none"] == res.accuracy
+    assert on_disk["meditune"]["strategy"] == {k: res.metrics[k] for k in results.STRATEGY_SECTION}
+    cot = read_json(tmp_path / "cot" / "results.json")["meditune"]["strategy"]
+    assert set(cot) == set(results.STRATEGY_SECTION)  # the same section, through the engine
 
 
 # --------------------------------------------------------------------------------------- single definitions

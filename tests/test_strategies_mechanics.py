@@ -11,8 +11,8 @@ from meditune.evaluation.strategies.cot import (
     cot_messages,
     generate_parsed,
     parse_cot_answer,
-    parse_direct_answer,
 )
+from meditune.evaluation.strategies.direct import parse_direct_answer
 from meditune.evaluation.strategies.shuffle import option_orders, shuffled_item, to_original
 from meditune.evaluation.strategies.vote import majority_vote
 from meditune.generation.base import GenerationRequest, SamplingParams, ScriptedBackend

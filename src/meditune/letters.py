@@ -4,11 +4,13 @@ A protocol is an ordered list of cues (regular expressions capturing one letter)
 of the item's own letters decides: "last" takes its last match, "unique" takes it only when every match names
 the same letter (several different letters = ambiguous, no answer).
 
-  lm_eval               generative MCQA (`meditune eval mcqa --mode generative`): an explicit cue ("Answer: C",
-                        "answer is (C)", "정답: C", "정답은 C입니다", "答案：C"), then a letter at the very start,
-                        then "C." anywhere, then a standalone capital letter; last match (lm-eval's kormedmcqa filter)
+  lm_eval               the direct strategy's generative variant (`meditune eval mcqa --mode generative`): an
+                        explicit cue ("Answer: C", "answer is (C)", "정답: C", "정답은 C입니다", "答案：C"), then a
+                        letter at the very start, then "C." anywhere, then a standalone capital letter; last match
+                        (lm-eval's kormedmcqa filter)
   answer_line           CoT strategies: the last "Answer: X" ("answer is (C)", "**Answer:** [D]")
-  letter_or_answer_line the letter-only strategy: a leading letter ("C", "(C)", "C. Ceftriaxone"), else answer_line
+  letter_or_answer_line the direct strategy's letter_only variant (run_strategy): a leading letter ("C", "(C)",
+                        "C. Ceftriaxone"), else answer_line
   scorer                the `answer` scorer: "answer is C" (any case), a leading letter, "(C)", "option C", each
                         unique; else the one option whose text the answer contains
 A letter must not start a longer word: "Answer: Ceftriaxone" is not C.

@@ -1,6 +1,6 @@
-"""Generative multiple choice: greedy answers to the rendered prompt (the project's batched generation backend),
-then the chosen letter by meditune.letters' `lm_eval` cascade (as lm-eval's kormedmcqa filter; no match =
-unparseable, counted)."""
+"""Generative multiple choice: greedy answers to the rendered prompts (the project's batched generation backend).
+The direct strategy's generative variant reads their letters (strategies/direct.py: meditune.letters' `lm_eval`
+cascade, as lm-eval's kormedmcqa filter; no match = unparseable, counted)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from meditune.evaluation.loglik import NO_HOOKS, BatchHooks
-from meditune.letters import parse_choice
 
 # Stop strings of lm-eval's kormedmcqa task, minus "." (which would cut "C. Because..." before the letter on
 # some models; extraction handles the rest) - see docs/evaluation-mcqa.md.
 DEFAULT_STOP = ("Q:", "</s>", "<|im_end|>", "\n\n")
-
-
-def extract_choice(text: str, n_options: int) -> int | None:
-    """0-based option index named in a generated answer, or None (meditune.letters, `lm_eval` cascade)."""
-    return parse_choice(text, n_options, "lm_eval")
 
 
 @dataclass

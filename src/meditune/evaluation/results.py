@@ -5,6 +5,9 @@ results.json keeps lm-eval's top-level layout (results / configs / versions / n-
 n-samples / config / task_hashes / date) with lm-eval's "metric,filter" keys, and adds for every metric
 "<metric>_ci_low,none" / "<metric>_ci_high,none" plus a `meditune` section: n, protocol, CIs, per-subject
 breakdown, unparseable and truncation counts, and the path of samples.jsonl.
+
+Every MCQA results.json is made by build_results: the engine's (`meditune eval mcqa`, eval_mcqa stages) and
+run_strategy's (strategy_results, which adds the strategy's summary, strategy_summary, at the top level too).
 """
 
 from __future__ import annotations
@@ -109,6 +112,68 @@ def build_results(task: str, samples: Sequence[dict[str, Any]], *, task_config: 
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "meditune": meditune,
     }
+
+
+# what a strategy's summary puts under meditune.strategy in results.json (beside n, protocol, metrics and CIs)
+STRATEGY_SECTION = ("protocol", "cost", "parse", "votes", "bank")
+
+
+def strategy_row_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The per-item metrics of a strategy's row: acc (its vote is right) and parse_failure (the share of its
+    generations without a valid answer)."""
+    return {"acc": float(row["correct"]),
+            "parse_failure": row["failed"] / row["generations"] if row["generations"] else 0.0}
+
+
+def strategy_summary(rows: Sequence[dict[str, Any]], *, strategy: str, model: str, protocol: dict[str, Any],
+                     bank: dict[str, Any] | None, setup_wall_s: float, seed: int = 0,
+                     confidence: float = 0.95) -> dict[str, Any]:
+    """A strategy's summary (StrategyResult.metrics): accuracy with CI, protocol, cost, parse failures, votes
+    and the CoT bank's summary."""
+    n = len(rows)
+    acc = metric_summary([float(r["correct"]) for r in rows], seed, confidence=confidence)
+    gens = sum(r["generations"] for r in rows)
+    failed = sum(r["failed"] for r in rows)
+    fail = metric_summary([1.0] * failed + [0.0] * (gens - failed), binary=True, confidence=confidence)
+    ctoks = sum(r["completion_tokens"] for r in rows)
+    ptoks = sum(r["prompt_tokens"] for r in rows)
+    saved = sum(r.get("cached_tokens", 0) for r in rows)  # rows of shards written before prefix caching lack it
+    answer_wall = sum(r["wall_s"] for r in rows)
+    return {
+        "strategy": strategy, "model": model, "n": n,
+        "accuracy": acc["value"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"],
+        "ci": {"method": "percentile bootstrap over items", "confidence": confidence,
+               "resamples": DEFAULT_RESAMPLES},
+        "protocol": protocol,
+        "cost": {"completion_tokens": ctoks, "prompt_tokens": ptoks, "prefill_tokens": ptoks - saved,
+                 "prefill_tokens_saved": saved, "generations": gens, "completion_tokens_per_item": ctoks / n if n else 0.0,
+                 "answer_wall_s": round(answer_wall, 2), "setup_wall_s": round(setup_wall_s, 2),
+                 "wall_s": round(answer_wall + setup_wall_s, 2)},
+        "parse": {"generations": gens, "failed": failed, "failure_rate": failed / gens if gens else 0.0,
+                  "failure_rate_ci": [fail["ci_low"], fail["ci_high"]], "retries": sum(r["retries"] for r in rows),
+                  "unanswered_items": sum(r["pred"] is None for r in rows)},
+        "votes": {"ties": sum(bool(r["tie"]) for r in rows),
+                  "mean_agreement": sum(r["agreement"] for r in rows) / n if n else 0.0},
+        "bank": bank,
+    }
+
+
+def strategy_results(task: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any], *,
+                     run_config: dict[str, Any], seed: int = 0,
+                     started: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(results.json, samples) of a strategy run outside the engine (run_strategy): the layout of every MCQA
+    results.json (build_results: per-item acc and parse_failure with CIs, the summary's sections under
+    meditune.strategy as the engine writes them), plus the summary's own keys at the top level (accuracy,
+    ci_low, ci_high, cost, parse, ...), where run_strategy's readers have always found them."""
+    samples = [{**r, "metrics": strategy_row_metrics(r)} for r in rows]
+    metric_list = [{"metric": m, "aggregation": "mean", "higher_is_better": m == "acc"}
+                   for m in ("acc", "parse_failure")]
+    task_config = {"task": task, "output_type": "generate_until", "metric_list": metric_list,
+                   "metadata": {"version": 1.0}}
+    results = build_results(task, samples, task_config=task_config, run_config=run_config,
+                            protocol=summary["protocol"], extra={"strategy": {k: summary[k] for k in STRATEGY_SECTION}},
+                            seed=seed, started=started)
+    return {**results, **summary}, samples
 
 
 def write_outputs(out_dir: str | Path, results: dict[str, Any], samples: Iterable[dict[str, Any]]) -> dict[str, str]:

@@ -23,19 +23,9 @@ def cot_messages(item: MCQItem, shots: Sequence[tuple[MCQItem, str]] = ()) -> li
     return msgs
 
 
-def direct_messages(item: MCQItem) -> list[dict[str, str]]:
-    """Chat messages asking for the letter only (zero-shot, no reasoning)."""
-    return [{"role": "user", "content": render_mcq(item, "letter_only")}]
-
-
 def parse_cot_answer(text: str, n_options: int) -> int | None:
     """Index of the LAST "Answer: X" whose letter is a valid option, else None (meditune.letters)."""
     return parse_choice(text, n_options, "answer_line")
-
-
-def parse_direct_answer(text: str, n_options: int) -> int | None:
-    """Index of a letter-only reply ("C", "(C)", "C. Ceftriaxone"), or of the last "Answer: X"; else None."""
-    return parse_choice(text, n_options, "letter_or_answer_line")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,24 @@
-"""The `direct` strategy: the log-likelihood of each option (acc, acc_norm; lm-eval's numbers) or a greedy
-answer's letter (generative), resumable from an append-only shard of finished samples."""
+"""The `direct` strategy: ask for the answer directly, without reasoning. The one implementation of direct
+answering, in three named variants (VARIANTS), each a prompt from meditune.prompts and a reading of the answer:
+
+  loglik       lm-eval's multiple_choice: the log-likelihood of each option after the task template (acc,
+               acc_norm; lm-eval's numbers)
+  generative   lm-eval's generate_until: a greedy answer to the task template, its letter by the `lm_eval`
+               protocol of meditune.letters (exact_match)
+  letter_only  a chat turn asking for the letter only (template `letter_only`), greedy, `answer_tokens` tokens,
+               the letter by `letter_or_answer_line`, unparseable answers re-asked: `run_strategy("direct", ...)`,
+               run by the strategy runner beside the CoT family so that their costs compare like for like
+
+The MCQA engine (`meditune eval mcqa --strategy direct`) runs loglik or generative (its `--mode`), resumable from
+an append-only shard of finished samples.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +28,8 @@ from meditune.evaluation.loglik import BatchHooks
 from meditune.evaluation.strategies.context import StrategyContext
 from meditune.evaluation.strategies.registry import register_strategy
 from meditune.io import hash_obj
-from meditune.prompts import PromptBuilder, Template, pick_shots
+from meditune.letters import parse_choice
+from meditune.prompts import PromptBuilder, Template, pick_shots, render_mcq
 from meditune.records import MCQItem
 from meditune.shards import Shard
 
@@ -23,6 +37,48 @@ log = logging.getLogger(__name__)
 
 PARTIAL = "samples.partial.jsonl"
 PARTIAL_KEY = "samples.partial.key.json"
+
+
+@dataclass(frozen=True)
+class DirectVariant:
+    """One way of asking directly: its prompt (a meditune.prompts template; None = the task's template, rendered
+    as lm-eval does by PromptBuilder), how the answer is read (a meditune.letters protocol; None = the options'
+    log-likelihood, nothing is parsed) and how results describe that reading."""
+
+    name: str
+    template: str | None
+    parse: str | None
+    parse_rule: str
+
+
+VARIANTS: dict[str, DirectVariant] = {v.name: v for v in [
+    DirectVariant("loglik", None, None, "argmax of the options' log-likelihood"),
+    DirectVariant("generative", None, "lm_eval", "lm-eval's letter cascade (meditune.letters lm_eval)"),
+    DirectVariant("letter_only", "letter_only", "letter_or_answer_line", "leading letter or last 'Answer: X'"),
+]}
+RUNNER_VARIANT = "letter_only"  # what run_strategy("direct", ...) asks (chat requests, beside the CoT family)
+
+
+def variant_protocol(variant: str) -> dict[str, str]:
+    """How a results file names a variant and its reading of the answer."""
+    return {"variant": variant, "parse": VARIANTS[variant].parse_rule}
+
+
+def direct_messages(item: MCQItem, variant: str = RUNNER_VARIANT) -> list[dict[str, str]]:
+    """The prompt of a chat variant (letter_only): one user turn asking for the letter only, no reasoning."""
+    template = VARIANTS[variant].template
+    if template is None:
+        raise ValueError(f"the {variant} variant renders the task's template (PromptBuilder), not a chat turn")
+    return [{"role": "user", "content": render_mcq(item, template)}]
+
+
+def parse_direct_answer(text: str, n_options: int, variant: str = RUNNER_VARIANT) -> int | None:
+    """0-based index of the option a direct answer names under the variant's protocol, else None
+    (letter_only: "C", "(C)", "C. Ceftriaxone", or the last "Answer: X"; generative: lm-eval's cascade)."""
+    protocol = VARIANTS[variant].parse
+    if protocol is None:
+        raise ValueError(f"the {variant} variant reads no generated answer")
+    return parse_choice(text, n_options, protocol)
 
 
 def _argmax(values: list[float]) -> int:
@@ -147,10 +203,8 @@ def _score_generative(ctx: StrategyContext, backend: Any, rendered: list[Any], h
 
 
 def _generative_sample(ctx: StrategyContext, doc: tuple[int, MCQItem], r: Any, o: Any) -> dict[str, Any]:
-    from meditune.evaluation.generative import extract_choice
-
     doc_id, item = doc
-    pred = extract_choice(o.text, len(item.options))
+    pred = parse_direct_answer(o.text, len(item.options), "generative")
     return ctx.sample(item, doc_id, pred, {"exact_match": float(pred == item.answer)}, prompt=r.context,
                       response=o.text, parsed=pred is not None, completion_tokens=o.completion_tokens,
                       finish_reason=o.finish_reason, truncated_tokens=o.truncated_tokens,

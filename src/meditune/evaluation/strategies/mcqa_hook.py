@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meditune.evaluation.results import STRATEGY_SECTION, strategy_row_metrics
 from meditune.evaluation.strategies.context import StrategyContext
 from meditune.evaluation.strategies.registry import register_strategy
 from meditune.evaluation.strategies.runner import run_strategy
@@ -24,15 +25,14 @@ def run_from_context(name: str, ctx: StrategyContext, options: dict[str, Any]) -
     # Training items for the CoT bank: only an explicit few-shot source, never the evaluated items themselves.
     train = ctx.fewshot_items if ctx.config.fewshot_data else None
     res = run_strategy(name, ctx.items, ctx.backend(), opts, ctx.work_dir, train_items=train, save=False)
-    ctx.extra_results.update({k: res.metrics[k] for k in ("protocol", "cost", "parse", "votes", "bank")})
+    ctx.extra_results.update({k: res.metrics[k] for k in STRATEGY_SECTION})
     ctx.extra_results["mode"] = "generative"
     samples = []
     for doc_id, (item, row) in enumerate(zip(ctx.items, res.predictions, strict=True)):
         last = row["runs"][0]["samples"][-1]["text"] if row["runs"] and row["runs"][0]["samples"] else ""
-        metrics = {"acc": float(row["correct"]),
-                   "parse_failure": row["failed"] / row["generations"] if row["generations"] else 0.0}
-        samples.append(ctx.sample(item, doc_id, row["pred"], metrics, parsed=row["pred"] is not None,
-                                  response=last, votes=row["votes"], tie=row["tie"], retries=row["retries"],
+        samples.append(ctx.sample(item, doc_id, row["pred"], strategy_row_metrics(row),
+                                  parsed=row["pred"] is not None, response=last, votes=row["votes"],
+                                  tie=row["tie"], retries=row["retries"],
                                   completion_tokens=row["completion_tokens"], wall_s=row["wall_s"],
                                   runs=row["runs"]))
     return samples

@@ -18,7 +18,7 @@ class StrategyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     max_new_tokens: int = Field(256, ge=1, description="CoT token budget per answer (first try)")
-    answer_tokens: int = Field(8, ge=1, description="token budget of the letter-only `direct` strategy")
+    answer_tokens: int = Field(8, ge=1, description="token budget of `direct` (its letter_only variant)")
     temperature: float | None = Field(None, ge=0, description="default: 0 (greedy); self-consistency 0.7")
     top_p: float = Field(1.0, gt=0, le=1)
     samples: int = Field(5, ge=1, description="self-consistency: sampled CoTs per question")

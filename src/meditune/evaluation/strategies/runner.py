@@ -1,7 +1,9 @@
 """Run an MCQA inference strategy over items: per-item predictions, accuracy with CI, cost, parse failures.
 
-Work is done in chunks appended to a hidden shard in out_dir, keyed by a fingerprint of the strategy, options,
-model and items, so a killed run resumes where it stopped.
+The generative strategies by name: `direct` (its letter_only variant, direct.py), cot, self-consistency,
+knn-fewshot and medprompt. Work is done in chunks appended to a hidden shard in out_dir, keyed by a fingerprint
+of the strategy, options, model and items, so a killed run resumes where it stopped. The summary and results.json
+are meditune.evaluation.results' (strategy_summary, strategy_results).
 """
 
 from __future__ import annotations
@@ -16,24 +18,16 @@ from typing import Any
 from meditune.distributed import SOLO, current
 from meditune.embeddings import Embedder
 from meditune.errors import ConfigError, InputError
-from meditune.evaluation.results import metric_summary
+from meditune.evaluation.results import strategy_results, strategy_summary, write_outputs
 from meditune.generation.base import Backend, GenerationRequest, SamplingParams
 from meditune.generation.prefix_cache import keep_prefixes
-from meditune.io import hash_obj, write_json, write_jsonl
+from meditune.io import hash_obj
 from meditune.records import LETTERS, MCQItem, read_records
 from meditune.shards import Shard
-from meditune.stats import DEFAULT_RESAMPLES
 
-from .cot import (
-    PROMPT_VERSION,
-    RetryPolicy,
-    cot_messages,
-    direct_messages,
-    generate_parsed,
-    parse_cot_answer,
-    parse_direct_answer,
-)
+from .cot import PROMPT_VERSION, RetryPolicy, cot_messages, generate_parsed, parse_cot_answer
 from .cot_bank import BankEntry, CotBank, build_cot_bank, load_cot_bank
+from .direct import RUNNER_VARIANT, direct_messages, parse_direct_answer, variant_protocol
 from .knn import EmbedFn, normalise_question
 from .medprompt import Run, knn_runs
 from .options import StrategyOptions, check_strategy, parse_options
@@ -43,6 +37,7 @@ from .vote import majority_vote
 log = logging.getLogger(__name__)
 
 NEEDS_RETRIEVAL = {"knn-fewshot", "medprompt"}
+RESULTS_TASK = "mcqa"  # the task name in run_strategy's results.json (the engine's is the data's or --task's)
 
 
 @dataclass
@@ -138,7 +133,7 @@ def _requests(name: str, item: MCQItem, runs: list[Run], options: StrategyOption
         params = SamplingParams(temperature=temperature, top_p=options.top_p,
                                 max_new_tokens=options.answer_tokens if direct else options.max_new_tokens,
                                 n=n, seed=options.seed + (r if temperature > 0 else 0))
-        msgs = direct_messages(shown) if direct else cot_messages(shown, run.shots)
+        msgs = direct_messages(shown, RUNNER_VARIANT) if direct else cot_messages(shown, run.shots)
         reqs.append(GenerationRequest(id=f"{item.id}#run{r}", messages=msgs, params=params))
     return reqs
 
@@ -152,7 +147,7 @@ def _run_chunk(name: str, chunk: list[tuple[MCQItem, list[Run]]], backend: Backe
             reqs.append(req)
             owners.append(i)
     policy = RetryPolicy(options.max_retries, options.retry_temperature_step, options.retry_extra_tokens)
-    parser = parse_direct_answer if name == "direct" else parse_cot_answer
+    parser = parse_direct_answer if name == "direct" else parse_cot_answer  # direct: RUNNER_VARIANT
     n_opts = [len(chunk[o][0].options) for o in owners]
     with keep_prefixes(backend):  # retries ask the same prompts again: their exemplar prefixes stay computed
         results = generate_parsed(backend, reqs, n_opts, parser=parser, policy=policy)
@@ -187,44 +182,12 @@ def _run_chunk(name: str, chunk: list[tuple[MCQItem, list[Run]]], backend: Backe
     return rows
 
 
-def summarise(name: str, rows: list[dict[str, Any]], options: StrategyOptions, *, model: str,
-              bank: CotBank | None, setup_wall_s: float) -> dict[str, Any]:
-    """results.json content: accuracy with CI, protocol, cost and parse-failure rate (each CI by
-    meditune.evaluation.results.metric_summary, as every results file)."""
-    n = len(rows)
-    acc = metric_summary([float(r["correct"]) for r in rows], options.seed, confidence=options.confidence)
-    gens = sum(r["generations"] for r in rows)
-    failed = sum(r["failed"] for r in rows)
-    fail = metric_summary([1.0] * failed + [0.0] * (gens - failed), binary=True, confidence=options.confidence)
-    ctoks = sum(r["completion_tokens"] for r in rows)
-    ptoks = sum(r["prompt_tokens"] for r in rows)
-    saved = sum(r.get("cached_tokens", 0) for r in rows)  # rows of shards written before prefix caching lack it
-    answer_wall = sum(r["wall_s"] for r in rows)
-    return {
-        "strategy": name, "model": model, "n": n,
-        "accuracy": acc["value"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"],
-        "ci": {"method": "percentile bootstrap over items", "confidence": options.confidence,
-               "resamples": DEFAULT_RESAMPLES},
-        "protocol": protocol(name, options),
-        "cost": {"completion_tokens": ctoks, "prompt_tokens": ptoks, "prefill_tokens": ptoks - saved,
-                 "prefill_tokens_saved": saved, "generations": gens, "completion_tokens_per_item": ctoks / n if n else 0.0,
-                 "answer_wall_s": round(answer_wall, 2), "setup_wall_s": round(setup_wall_s, 2),
-                 "wall_s": round(answer_wall + setup_wall_s, 2)},
-        "parse": {"generations": gens, "failed": failed, "failure_rate": failed / gens if gens else 0.0,
-                  "failure_rate_ci": [fail["ci_low"], fail["ci_high"]], "retries": sum(r["retries"] for r in rows),
-                  "unanswered_items": sum(r["pred"] is None for r in rows)},
-        "votes": {"ties": sum(bool(r["tie"]) for r in rows),
-                  "mean_agreement": sum(r["agreement"] for r in rows) / n if n else 0.0},
-        "bank": bank.summary() if bank else None,
-    }
-
-
 def protocol(name: str, options: StrategyOptions) -> dict[str, Any]:
     """The settings that define the numbers (reported next to them)."""
     p: dict[str, Any] = {"strategy": name, "prompt": PROMPT_VERSION, "temperature": options.temperature_for(name),
                          "max_retries": options.max_retries, "seed": options.seed}
     if name == "direct":
-        p.update(answer_tokens=options.answer_tokens, parse="leading letter or last 'Answer: X'")
+        p.update(answer_tokens=options.answer_tokens, **variant_protocol(RUNNER_VARIANT))
     else:
         p.update(max_new_tokens=options.max_new_tokens, parse="last 'Answer: X'",
                  retry=f"+{options.retry_temperature_step} temperature, +{options.retry_extra_tokens} tokens")
@@ -257,7 +220,7 @@ def run_strategy(name: str, items: Sequence[MCQItem], backend: Backend,
         seen.add(it.id)
     out = Path(out_dir) if out_dir is not None else None
     model = model_label(backend, opts)
-    t0 = time.perf_counter()
+    started, t0 = time.time(), time.perf_counter()
     bank = prepare_bank(backend, opts, out, train_items) if needs_bank(name, opts) else None
     if bank is not None and bank.kept == 0:
         log.warning("the CoT bank kept no rationale (none reached the gold answer): exemplars will be empty")
@@ -293,8 +256,12 @@ def run_strategy(name: str, items: Sequence[MCQItem], backend: Backend,
     if shard is not None:
         done = shard.merge()
     rows = [done[it.id] for it in items]
-    metrics = summarise(name, rows, opts, model=model, bank=bank, setup_wall_s=setup_wall)
-    if out is not None and save and ranks.is_main:
-        write_jsonl(out / "samples.jsonl", rows)
-        write_json(out / "results.json", metrics)
+    metrics = strategy_summary(rows, strategy=name, model=model, protocol=protocol(name, opts),
+                               bank=bank.summary() if bank else None, setup_wall_s=setup_wall, seed=opts.seed,
+                               confidence=opts.confidence)
+    if out is not None and save:
+        results, samples = strategy_results(RESULTS_TASK, rows, metrics, seed=opts.seed, started=started,
+                                            run_config={"model": model, "strategy": name,
+                                                        "options": opts.model_dump(mode="json")})
+        write_outputs(out, results, samples)  # under several ranks: rank 0, with every rank's rows
     return StrategyResult(name, rows, metrics)
