@@ -492,6 +492,47 @@ def test_every_stage_takes_recipe_defaults_through_one_function(monkeypatch):
     assert calls == ["generate", "sft", "eval_mcqa"]
 
 
+def test_a_recipe_batch_size_reaches_the_inference_stages_that_set_none():
+    from meditune import stages
+    from meditune.evaluation.mcqa import MCQAOptions
+    from meditune.evaluation.stage import effective_options
+    from meditune.generation.stage import backend_config_of
+    from meditune.recipe import parse_recipe
+
+    def recipe(**top):
+        return parse_recipe({"name": "r", **top, "stages": [
+            {"name": "g", "type": "generate", "data": "x.jsonl"},
+            {"name": "g8", "type": "generate", "data": "x.jsonl", "batch_size": 8},
+            {"name": "e", "type": "eval_mcqa", "data": "x.jsonl"},
+            {"name": "o", "type": "eval_open", "data": "x.jsonl"},
+            {"name": "why", "type": "rationales", "data": "x.jsonl"},
+            {"name": "p", "type": "prefs", "questions": "q", "generators": [{"name": "a"}, {"name": "b",
+                                                                            "batch_size": 2}]},
+            {"name": "t", "type": "sft", "data": "x.jsonl"},
+            {"name": "rs", "type": "rs", "data": "x.jsonl"}]})
+
+    r = recipe(batch_size=3)
+    applied = {s.name: stages.apply_recipe_defaults(s, r) for s in r.stages}
+    assert [applied[n].batch_size for n in ("g", "g8", "e", "o", "why")] == [3, 8, 3, 3, 3]
+    assert [g.batch_size for g in applied["p"].generators] == [3, 2]  # the prefs stage's generators
+    # training batches are the optimizer's: a recipe batch size does not reach them
+    assert (applied["t"].batch_size, applied["rs"].batch_size, applied["rs"].gen_batch_size) == (4, 4, 16)
+    assert backend_config_of(r.stages[0], r).batch_size == 3  # what the generate stage runs with
+    assert effective_options(r.stages[2], MCQAOptions, r).batch_size == 3  # what eval_mcqa runs with
+    plain = recipe()  # no recipe batch size: every stage keeps its own default
+    applied = {s.name: stages.apply_recipe_defaults(s, plain) for s in plain.stages}
+    assert [applied[n].batch_size for n in ("g", "g8", "e", "o", "why", "t")] == [16, 8, 16, 16, 16, 4]
+
+
+@pytest.mark.parametrize("bad", [0, -2, True, 2.5, "8", [4]])
+def test_a_recipe_batch_size_must_be_a_positive_whole_number(bad):
+    from meditune.errors import ConfigError
+    from meditune.recipe import parse_recipe
+
+    with pytest.raises(ConfigError, match=r"'batch_size': must be a positive whole number"):
+        parse_recipe({"name": "r", "batch_size": bad, "stages": []})
+
+
 # ------------------------------------------------------------------------- command-line options from configs
 
 def _command_options(*words: str) -> set[str]:

@@ -62,6 +62,14 @@ def test_recipe_wide_setting_change_reruns(tmp_path):
     assert RUNS == {"a": 2, "b": 2}
 
 
+def test_recipe_batch_size_change_reruns_and_null_is_unset(tmp_path):
+    Pipeline(load_recipe(recipe(tmp_path, TWO))).run()
+    assert [i.action for i in Pipeline(load_recipe(recipe(tmp_path, TWO), ["batch_size=null"])).plan()] == \
+        ["skip", "skip"]
+    assert [i.action for i in Pipeline(load_recipe(recipe(tmp_path, TWO), ["batch_size=4"])).plan()] == \
+        ["run", "run"]
+
+
 def test_force_only_and_from(tmp_path):
     Pipeline(load_recipe(recipe(tmp_path, TWO))).run()
     Pipeline(load_recipe(recipe(tmp_path, TWO))).run(force=["b"])

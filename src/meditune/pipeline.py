@@ -30,7 +30,14 @@ from meditune.io import child, hash_obj, hash_path, is_inside, read_json, remove
 from meditune.logs import log_to_file
 from meditune.memory import release_stage_memory
 from meditune.recipe import Recipe
-from meditune.stages import StageConfig, StageContext, apply_recipe_defaults, registry, upstream_refs
+from meditune.stages import (
+    RECIPE_DEFAULTS,
+    StageConfig,
+    StageContext,
+    apply_recipe_defaults,
+    registry,
+    upstream_refs,
+)
 from meditune.versions import package_versions
 
 log = logging.getLogger(__name__)
@@ -200,8 +207,9 @@ class Pipeline:
         resolved = resolve_refs(stage.model_dump(mode="json"), outputs)
         upstream = {ref: (self.manifest(ref) or {}).get("outputs_hash") for ref in self._upstream(stage)}
         inputs = input_hashes(resolved)
-        recipe_wide = self.recipe.model_dump(include={"model", "seed", "device", "dtype", "trust_remote_code",
-                                                      "system_prompt"})
+        recipe_wide = self.recipe.model_dump(include=set(RECIPE_DEFAULTS))
+        if recipe_wide["batch_size"] is None:  # unset: the fingerprints runs had before the setting existed
+            del recipe_wide["batch_size"]
         fp = hash_obj({"config": resolved, "recipe": recipe_wide, "inputs": inputs, "upstream": upstream})
         return resolved, inputs, fp
 

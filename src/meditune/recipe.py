@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meditune.errors import ConfigError
 from meditune.stages import DirectoryName, StageConfig, registry
@@ -27,8 +27,18 @@ class Recipe(BaseModel):
     dtype: str = "auto"
     trust_remote_code: bool = False
     system_prompt: str | None = None
+    # prompts (or questions) per batch of every stage that generates or scores at inference and sets none
+    # (generate, evaluations, rationales, prefs generators and judge); training batches stay the stages' own
+    batch_size: int | None = None
     run_dir: str | None = None
     stages: list[StageConfig] = Field(default_factory=list)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _positive_batch_size(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"must be a positive whole number (prompts per batch), got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> Recipe:

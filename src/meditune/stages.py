@@ -30,10 +30,17 @@ STAGE_MODULES = [
 ]
 
 
-# Recipe-wide settings and their values when there is no recipe (the Recipe schema's defaults).
+# Recipe-wide settings and their values when there is no recipe (the Recipe schema's defaults); None: the
+# stage's own default stays (batch_size: a stage that sets none keeps its own).
 RECIPE_DEFAULTS: dict[str, Any] = {"model": "default", "seed": 0, "device": "auto", "dtype": "auto",
-                                   "trust_remote_code": False, "system_prompt": None}
-BACKEND_DEFAULTS = ("model", "device", "dtype", "trust_remote_code")  # what a generator or judge reference takes
+                                   "trust_remote_code": False, "system_prompt": None, "batch_size": None}
+MODEL_DEFAULTS = ("model", "seed", "device", "dtype", "trust_remote_code", "system_prompt")  # training stages
+# Stages that generate or score at inference (generate, evaluations, rationales) also take the batch size: their
+# `batch_size` counts prompts (or questions) per batch. A training stage's `batch_size` is its optimizer batch,
+# sized with the model's training memory, so training stages (sft ... grpo, rs/idpo rollouts) keep their own.
+INFERENCE_DEFAULTS = (*MODEL_DEFAULTS, "batch_size")
+# what a generator or judge reference takes (its system prompt and sampling are its own)
+BACKEND_DEFAULTS = ("model", "device", "dtype", "trust_remote_code", "batch_size")
 
 # A name that becomes a directory (stage and recipe names): letters, digits, '_' and '-'.
 DirectoryName = Annotated[str, AfterValidator(directory_name)]
@@ -42,8 +49,9 @@ DirectoryName = Annotated[str, AfterValidator(directory_name)]
 class StageConfig(BaseModel):
     """Fields every stage has. Subclasses add their own; unknown keys are errors.
 
-    `recipe_defaults` names the recipe-wide settings (keys of RECIPE_DEFAULTS) the stage takes when it leaves
-    them unset; a stage whose model/backend references live deeper says where in `recipe_default_targets`."""
+    `recipe_defaults` names the recipe-wide settings (keys of RECIPE_DEFAULTS: MODEL_DEFAULTS, or
+    INFERENCE_DEFAULTS for a stage whose batch_size is an inference batch) the stage takes when it leaves them
+    unset; a stage whose model/backend references live deeper says where in `recipe_default_targets`."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     recipe_defaults: ClassVar[tuple[str, ...]] = ()
@@ -58,8 +66,9 @@ class StageConfig(BaseModel):
 
 def apply_recipe_defaults(config: StageConfig, recipe: Any) -> StageConfig:
     """The one place recipe-wide settings reach a stage: each key a stage (or a model/backend reference inside it)
-    takes and leaves unset or null gets the recipe's value (RECIPE_DEFAULTS without a recipe); an empty
-    system_prompt means none. Returns a copy; applying it twice changes nothing."""
+    takes and leaves unset or null gets the recipe's value (RECIPE_DEFAULTS without a recipe; a None there keeps
+    the stage's own default); an empty system_prompt means none. Returns a copy; applying it twice changes
+    nothing."""
     config = config.model_copy(deep=True)
     for target, keys in config.recipe_default_targets():
         for key in keys:
@@ -67,7 +76,9 @@ def apply_recipe_defaults(config: StageConfig, recipe: Any) -> StageConfig:
                 continue
             if key not in target.model_fields_set or getattr(target, key) is None:
                 value = getattr(recipe, key, None) if recipe is not None else None
-                setattr(target, key, RECIPE_DEFAULTS[key] if value is None else value)
+                value = RECIPE_DEFAULTS[key] if value is None else value
+                if value is not None:  # nothing recipe-wide (batch_size unset): the stage's own default stays
+                    setattr(target, key, value)
             if key == "system_prompt" and target.system_prompt == "":
                 target.system_prompt = None  # "" = explicitly none, even when the recipe sets one
     return config

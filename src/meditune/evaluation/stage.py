@@ -16,7 +16,7 @@ from meditune.evaluation.safety import SafetyOptions, evaluate_safety
 from meditune.evaluation.tasks import get_task
 from meditune.evaluation.toxicity import ToxicityOptions, evaluate_toxicity
 from meditune.stages import (
-    RECIPE_DEFAULTS,
+    INFERENCE_DEFAULTS,
     StageConfig,
     StageContext,
     apply_recipe_defaults,
@@ -26,9 +26,10 @@ from meditune.stages import (
 
 
 class EvalStageConfig(StageConfig):
-    """Base of the evaluation stage configs: an evaluation takes every recipe-wide setting it leaves unset."""
+    """Base of the evaluation stage configs: an evaluation takes every recipe-wide setting it leaves unset (its
+    batch_size included)."""
 
-    recipe_defaults = tuple(RECIPE_DEFAULTS)
+    recipe_defaults = INFERENCE_DEFAULTS
 
 
 def effective_options(config: StageConfig, options_cls: type, recipe: Any, *, task_is_name: bool = True) -> Any:

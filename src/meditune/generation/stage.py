@@ -9,7 +9,7 @@ from pydantic import Field
 
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
 from meditune.stages import (
-    RECIPE_DEFAULTS,
+    INFERENCE_DEFAULTS,
     StageConfig,
     StageContext,
     apply_recipe_defaults,
@@ -20,9 +20,10 @@ from meditune.stages import (
 
 class GenerateStageConfig(StageConfig):
     """Which data, which generator (BackendConfig fields), and how to sample; model, system_prompt, device, dtype,
-    trust_remote_code and seed left unset (or null) are the recipe's (meditune.stages.apply_recipe_defaults)."""
+    trust_remote_code, seed and batch_size left unset (or null) are the recipe's
+    (meditune.stages.apply_recipe_defaults)."""
 
-    recipe_defaults = tuple(RECIPE_DEFAULTS)
+    recipe_defaults = INFERENCE_DEFAULTS
 
     data: str = Field(description="JSONL of requests ({id, messages | prompt, params?}) or records, '@stage', or a "
                       "data source spec (NAME:PATH, sample:NAME)")

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from meditune.errors import ConfigError
 from meditune.io import remove_tree
-from meditune.stages import RECIPE_DEFAULTS, StageConfig, apply_recipe_defaults
+from meditune.stages import MODEL_DEFAULTS, StageConfig, apply_recipe_defaults
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ class TrainOptions(StageConfig):
     """Settings every training stage has (a stage config subclasses this and adds its own); model, seed, device,
     dtype, trust_remote_code and system_prompt left unset (or null) are the recipe's."""
 
-    recipe_defaults = tuple(RECIPE_DEFAULTS)
+    recipe_defaults = MODEL_DEFAULTS
 
     model: str | None = None  # None: the recipe's model; accepts "@stage"
     data: str | list[str] = Field(description="JSONL of records, or a data source spec")

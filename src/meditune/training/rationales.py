@@ -12,7 +12,7 @@ from pydantic import Field
 from meditune.errors import ConfigError
 from meditune.io import write_json
 from meditune.records import Chat, Message, write_records
-from meditune.stages import RECIPE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults
+from meditune.stages import INFERENCE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults
 from meditune.training.data import count_examples
 from meditune.training.mcq_reasoning import reasoning_messages
 
@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 class RationalesStageConfig(StageConfig):
     """Options of the `rationales` stage (data: MCQ items with gold answers); model, seed, device, dtype,
-    trust_remote_code and system_prompt left unset (or null) are the recipe's (apply_recipe_defaults)."""
+    trust_remote_code, system_prompt and batch_size (a generation batch) left unset (or null) are the recipe's
+    (apply_recipe_defaults)."""
 
-    recipe_defaults = tuple(RECIPE_DEFAULTS)
+    recipe_defaults = INFERENCE_DEFAULTS
 
     model: str | None = None  # accepts "@stage"
     data: str | list[str]
