@@ -117,7 +117,7 @@ def test_every_direct_answer_is_asked_and_read_through_the_direct_strategy(monke
     from meditune.records import write_records
 
     assert STRATEGIES["direct"].run is direct.run_direct  # the engine's `direct`, loglik and generative
-    text = "«B» Answer: C"  # the real protocols read C
+    text = "Answer: C «B»"  # the real protocols (lm_eval, letter_or_answer_line) read C
     monkeypatch.setitem(letters.PROTOCOLS, "marker", (letters.Cue("marker", r"«(<CLS>)»"),))
     monkeypatch.setitem(direct.VARIANTS, "generative", replace(direct.VARIANTS["generative"], parse="marker"))
     monkeypatch.setitem(direct.VARIANTS, "letter_only",
