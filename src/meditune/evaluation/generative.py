@@ -55,14 +55,10 @@ def generate_texts(backend: Any, prompts: Sequence[str], *, max_new_tokens: int 
     # One call for every wanted prompt, so the prefix plan sees all sharers (a batch keeps a prefix a later batch
     # shares); stepping it hands each planned batch to the hooks as soon as all its prompts are done.
     stepped = getattr(backend, "generate_steps", None)
-    steps = stepped([requests[i] for i in flat]) if stepped else iter(
-        [list(enumerate(backend.generate([requests[i] for i in flat])))])
+    steps = stepped([requests[i] for i in flat]) if stepped else \
+        [list(enumerate(backend.generate([requests[i] for i in flat])))]
     reported = 0
-    while True:
-        try:
-            finished = next(steps)
-        except StopIteration:
-            break
+    for finished in steps:
         for pos, gens in finished:
             i, g = flat[pos], gens[0]
             outs[i] = GenOut(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason,

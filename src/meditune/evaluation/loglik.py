@@ -167,6 +167,7 @@ class LoglikScorer:
         self.method = method
         self.max_tokens = max_tokens
         self._keep = _supports_logits_to_keep(model)
+        self._cache_kw = kv_cache_argument(model)  # `cache` or `past_key_values`: the model's, found once
 
     def resolved_method(self) -> str:
         """The path score() takes for this model: "tree" or "two-pass"."""
@@ -297,7 +298,7 @@ class LoglikScorer:
             full_mask = torch.cat([mask[src], cmask], dim=1)
             pos = last[src].unsqueeze(1) + 1 + torch.arange(t, device=dev).unsqueeze(0)
             out2 = self.model(input_ids=cids, attention_mask=full_mask, position_ids=pos,
-                              use_cache=True, **{kv_cache_argument(self.model): cache})
+                              use_cache=True, **{self._cache_kw: cache})
             rest_lp = F.log_softmax(out2.logits.float(), dim=-1)  # [rows, t, V]
         row_of = {rj: k for k, rj in enumerate(rows)}
 
