@@ -602,3 +602,23 @@ def test_no_command_reaches_into_private_recipe_helpers():
     for path in Path(meditune.commands.__file__).parent.glob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert "_format_error" not in text and "yaml.safe_load" not in text, path.name
+
+
+def test_a_strategy_results_file_states_one_confidence_for_its_intervals():
+    """run_strategy's results.json holds the summary's accuracy CI and build_results' per-item acc CI side by side;
+    both, and the stated confidence, follow the strategy's `confidence` (not a fixed 95 %)."""
+    from meditune.evaluation import results
+
+    rows = [{"id": str(i), "correct": i % 3 == 0, "generations": 1, "failed": 0, "retries": 0,
+             "completion_tokens": 1, "prompt_tokens": 1, "wall_s": 0.1, "pred": 0, "tie": False, "agreement": 1.0}
+            for i in range(30)]
+    intervals = {}
+    for confidence in (0.8, 0.95):
+        summary = results.strategy_summary(rows, strategy="cot", model="m", protocol={}, bank=None,
+                                           setup_wall_s=0.0, confidence=confidence)
+        out, _ = results.strategy_results("t", rows, summary, run_config={})
+        acc = out["results"]["t"]
+        assert out["meditune"]["ci"]["confidence"] == confidence == out["ci"]["confidence"]
+        assert (acc["acc_ci_low,none"], acc["acc_ci_high,none"]) == (out["ci_low"], out["ci_high"])
+        intervals[confidence] = out["ci_high"] - out["ci_low"]
+    assert intervals[0.8] < intervals[0.95]

@@ -50,15 +50,16 @@ def metric_summary(values: Sequence[float], seed: int = 0, *, binary: bool = Fal
             "ci_low": low, "ci_high": high}
 
 
-def aggregate(samples: Sequence[dict[str, Any]], seed: int = 0) -> tuple[dict[str, dict], dict[str, dict]]:
+def aggregate(samples: Sequence[dict[str, Any]], seed: int = 0,
+              confidence: float = 0.95) -> tuple[dict[str, dict], dict[str, dict]]:
     """(overall {metric: summary}, per-subject {subject: {metric: summary}}) over the samples' metrics."""
     names: list[str] = []
     for s in samples:
         for k in s.get("metrics", {}):
             if k not in names:
                 names.append(k)
-    overall = {m: metric_summary([float(s["metrics"][m]) for s in samples if m in s["metrics"]], seed)
-               for m in names}
+    overall = {m: metric_summary([float(s["metrics"][m]) for s in samples if m in s["metrics"]], seed,
+                                 confidence=confidence) for m in names}
     by_subject: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
         by_subject[str(s.get("subject") or "all")].append(s)
@@ -67,16 +68,16 @@ def aggregate(samples: Sequence[dict[str, Any]], seed: int = 0) -> tuple[dict[st
         for subj in sorted(by_subject):
             group = by_subject[subj]
             breakdown[subj] = {m: metric_summary([float(s["metrics"][m]) for s in group if m in s["metrics"]],
-                                                 seed) for m in names}
+                                                 seed, confidence=confidence) for m in names}
     return overall, breakdown
 
 
 def build_results(task: str, samples: Sequence[dict[str, Any]], *, task_config: dict[str, Any],
                   run_config: dict[str, Any], protocol: dict[str, Any], n_original: int | None = None,
                   num_fewshot: int = 0, extra: dict[str, Any] | None = None, seed: int = 0,
-                  started: float | None = None) -> dict[str, Any]:
-    """The results.json object for one task."""
-    overall, breakdown = aggregate(samples, seed)
+                  started: float | None = None, confidence: float = 0.95) -> dict[str, Any]:
+    """The results.json object for one task; every CI at `confidence`."""
+    overall, breakdown = aggregate(samples, seed, confidence)
     task_results: dict[str, Any] = {"alias": task}
     for m, s in overall.items():
         task_results[f"{m},{FILTER}"] = s["value"]
@@ -90,7 +91,7 @@ def build_results(task: str, samples: Sequence[dict[str, Any]], *, task_config: 
         "n": n,
         "protocol": protocol,
         "metrics": overall,
-        "ci": {"method": "percentile bootstrap", "confidence": 0.95, "resamples": DEFAULT_RESAMPLES, "seed": seed},
+        "ci": {"method": "percentile bootstrap", "confidence": confidence, "resamples": DEFAULT_RESAMPLES, "seed": seed},
         "breakdown": breakdown,
         "samples": "samples.jsonl",
         **(extra or {}),
@@ -172,7 +173,7 @@ def strategy_results(task: str, rows: Sequence[dict[str, Any]], summary: dict[st
                    "metadata": {"version": 1.0}}
     results = build_results(task, samples, task_config=task_config, run_config=run_config,
                             protocol=summary["protocol"], extra={"strategy": {k: summary[k] for k in STRATEGY_SECTION}},
-                            seed=seed, started=started)
+                            seed=seed, started=started, confidence=summary["ci"]["confidence"])
     return {**results, **summary}, samples
 
 
