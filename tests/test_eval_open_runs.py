@@ -248,12 +248,12 @@ def test_stage_types_registered_with_recipe_defaults():
     st = reg["eval_safety"]
     cfg = st.config(name="safety", type="eval_safety", data="sample:safety")
 
-    class R:
-        model, seed, system_prompt, device, dtype, trust_remote_code = "my-model", 7, None, "cpu", "float32", False
+    from meditune.recipe import Recipe
 
-    opts = effective_options(cfg, SafetyOptions, R())
-    assert opts.model == "my-model" and opts.seed == 7 and opts.task == "safety"
-    assert st.estimate(cfg, R())["items"] == 144
+    recipe = Recipe(name="r", model="my-model", seed=7, device="cpu", dtype="float32")
+    opts = effective_options(cfg, SafetyOptions, recipe)
+    assert opts.model.spec == "my-model" and opts.model.device == "cpu" and opts.seed == 7 and opts.task == "safety"
+    assert st.estimate(cfg, recipe)["items"] == 144
     with pytest.raises(Exception, match="extra|not permitted"):
         st.config(name="s", type="eval_safety", data="x", bogus=1)
 

@@ -82,7 +82,7 @@ def test_vllm_missing_is_a_clear_error(monkeypatch):
 
 
 def test_backend_config_coercion():
-    assert backend_config("default").model == "default"
+    assert backend_config("default").model.spec == "default"
     assert backend_config({"backend": "openai", "model": "gpt-4o"}).backend == "openai"
     with pytest.raises(ConfigError, match="'batch_sz'"):
         backend_config({"batch_sz": 3})
@@ -105,8 +105,8 @@ def test_generate_stage_runs_and_inherits_recipe_defaults(tiny_model_dir, tmp_pa
     cfg = type(recipe.stages[0]).model_validate(recipe.stages[0].model_dump())  # as the pipeline re-validates
     assert isinstance(cfg, GenerateStageConfig)
     bc = backend_config_of(cfg, recipe)
-    assert bc.model == str(tiny_model_dir) and bc.system_prompt == "Be brief." and bc.device == "cpu"
-    assert bc.dtype == "auto" and bc.trust_remote_code is False
+    assert bc.model.spec == str(tiny_model_dir) and bc.system_prompt == "Be brief." and bc.model.device == "cpu"
+    assert bc.model.dtype == "auto" and bc.model.trust_remote_code is False
     assert backend_config_of(cfg.model_copy(update={"system_prompt": ""}), recipe).system_prompt is None
     est = registry()["generate"].estimate(cfg, recipe)
     assert est["items"] == 2 and est["generations"] == 4

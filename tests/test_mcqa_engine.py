@@ -75,7 +75,7 @@ def test_resume_uses_samples_on_disk(tmp_path, tiny, tiny_model_dir):
 
     out = tmp_path / "b"
     out.mkdir()
-    key = direct_run_key(cfg, cfg.model, get_template("medqa"), "loglik")
+    key = direct_run_key(cfg, cfg.model.spec, get_template("medqa"), "loglik")
     planted = dict(first[0], metrics={"acc": 1.0, "acc_norm": 1.0}, marker="from-disk")
     (out / PARTIAL_KEY).write_text(json.dumps({"key": key}))
     (out / PARTIAL).write_text(json.dumps(planted) + "\n" + json.dumps(first[1]) + "\n{\"torn")

@@ -399,6 +399,7 @@ def test_every_split_loop_takes_its_share_through_meditune_distributed(monkeypat
     from meditune.evaluation.strategies.cot_bank import build_cot_bank
     from meditune.generation.base import GenerationRequest, ScriptedBackend
     from meditune.generation.job import run_job
+    from meditune.model_ref import ModelRef
     from meditune.prefs.build import score_answers
     from meditune.prefs.collect import CollectSettings, GeneratorConfig, collect
     from meditune.records import write_records
@@ -439,8 +440,8 @@ def test_every_split_loop_takes_its_share_through_meditune_distributed(monkeypat
     assert sorted(scores) == ["q1|g|0", "q3|g|0"]
     b = ScriptedBackend(lambda req, i: "Answer: B")
     prompts = [PromptItem(it.id, [{"role": "user", "content": it.question}], it.question) for it in items]
-    rows = rollouts(tmp_path / "round", "m", prompts, 1, RolloutOptions(), lambda its, rs: [1.0] * len(rs),
-                    seed=0, system_prompt=None, device="cpu", dtype="float32", backend=b)
+    rows = rollouts(tmp_path / "round", ModelRef(spec="m", device="cpu"), prompts, 1, RolloutOptions(),
+                    lambda its, rs: [1.0] * len(rs), seed=0, system_prompt=None, backend=b)
     assert asked(b) == odd and [r["id"] for r in rows] == odd and not (tmp_path / "round" / "rollouts.jsonl").exists()
     forwards: list[int] = []
     real = loglik_tree.score_tree_batch
@@ -471,9 +472,9 @@ def test_every_stage_takes_recipe_defaults_through_one_function(monkeypatch):
                                {"name": "e", "type": "eval_mcqa", "data": "x.jsonl", "device": "cuda"}]})
     applied = {s.name: stages.apply_recipe_defaults(s, recipe) for s in recipe.stages}
     assert applied["d"].seed == 3
-    assert applied["p"].generators[0].model == "org/m" and applied["p"].generators[0].system_prompt is None
-    assert (applied["t"].model, applied["t"].seed, applied["t"].system_prompt) == ("org/m", 9, "S")
-    assert (applied["e"].model, applied["e"].device, applied["e"].seed) == ("org/m", "cuda", 3)
+    assert applied["p"].generators[0].model.spec == "org/m" and applied["p"].generators[0].system_prompt is None
+    assert (applied["t"].model.spec, applied["t"].seed, applied["t"].system_prompt) == ("org/m", 9, "S")
+    assert (applied["e"].model.spec, applied["e"].model.device, applied["e"].seed) == ("org/m", "cuda", 3)
     assert applied["g"].system_prompt is None  # "" = explicitly none
 
     calls = []
@@ -557,11 +558,15 @@ def test_commands_offer_every_scalar_option_of_their_config(words, config):
     import importlib
 
     from meditune.commands.options import cli_type
+    from meditune.model_ref import ModelRef
 
     module, _, name = config.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     offered = _command_options(*words)
     for field, info in cls.model_fields.items():
+        if info.annotation is ModelRef:  # the model reference: its flat keys, as users have always written them
+            assert {"--model", "--device", "--dtype", "--trust-remote-code"} <= offered, words
+            continue
         if field in ("name", "type") or cli_type(info.annotation)[0] is None:
             continue
         assert f"--{field.replace('_', '-')}" in offered or field in offered, (words, field)

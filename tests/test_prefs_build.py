@@ -233,14 +233,13 @@ def test_resuming_under_another_config_is_refused(tmp_path):
 
 
 def test_generators_and_judge_inherit_the_recipe_model_when_unset():
-    from types import SimpleNamespace
-
     from meditune.prefs.build import PrefsStageConfig
+    from meditune.recipe import Recipe
     from meditune.stages import apply_recipe_defaults
 
     cfg = PrefsStageConfig.model_validate({"name": "p", "type": "prefs", "questions": "sample:longform",
                                            "generators": [{"name": "a"}, {"name": "b", "model": "other/model"}]})
-    recipe = SimpleNamespace(model="org/big", device="cuda", dtype="bf16", trust_remote_code=False)
+    recipe = Recipe(name="r", model="org/big", device="cuda", dtype="bf16")
     cfg = apply_recipe_defaults(cfg, recipe)
-    assert [g.model for g in cfg.generators] == ["org/big", "other/model"]
-    assert cfg.scorer.judge.model == "org/big" and cfg.generators[0].device == "cuda"
+    assert [g.model.spec for g in cfg.generators] == ["org/big", "other/model"]
+    assert cfg.scorer.judge.model.spec == "org/big" and cfg.generators[0].model.device == "cuda"

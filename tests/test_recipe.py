@@ -26,7 +26,7 @@ BASE = {"name": "t", "stages": [{"name": "a", "type": "test_count", "value": 1}]
 
 def test_valid_recipe(tmp_path):
     r = load_recipe(write(tmp_path, BASE))
-    assert r.name == "t" and r.stages[0].value == 1 and r.model == "default"
+    assert r.name == "t" and r.stages[0].value == 1 and r.model.spec == "default"
 
 
 def test_misspelled_top_level_key(tmp_path):
@@ -69,7 +69,7 @@ def test_invalid_yaml_names_line(tmp_path):
 
 def test_overrides(tmp_path):
     r = load_recipe(write(tmp_path, BASE), ["seed=7", "a.value=5", "stages.a.label=x", "model=org/name"])
-    assert r.seed == 7 and r.stages[0].value == 5 and r.stages[0].label == "x" and r.model == "org/name"
+    assert r.seed == 7 and r.stages[0].value == 5 and r.stages[0].label == "x" and r.model.spec == "org/name"
     data = apply_overrides({"stages": [{"name": "a"}]}, ["a.items=[1, 2]", "a.f=0.5"])
     assert data["stages"][0]["items"] == [1, 2] and data["stages"][0]["f"] == 0.5
 

@@ -60,7 +60,7 @@ def test_recipe_validates_and_dry_runs(name, tmp_path):
     require_stage_types(name)
     recipe = load_recipe(bundled_recipe(name))
     assert recipe.name == name
-    assert recipe.model == "default"
+    assert recipe.model.spec == "default"
     assert recipe.stages[-1].type == "report"
     plan = Pipeline(recipe, tmp_path / name).plan()
     assert [p.stage.name for p in plan] == [s.name for s in recipe.stages]
@@ -99,7 +99,7 @@ def test_default_run_is_the_quickstart():
                        ("eval_safety", ("data", "benign", "max_new_tokens", "temperature", "classifier", "limit"))):
         before, after = [s for s in q.stages if s.type == kind]
         assert {k: getattr(before, k) for k in same} == {k: getattr(after, k) for k in same}
-        assert after.model == "@dpo" and before.model is None
+        assert after.model.spec == "@dpo" and before.model.spec is None
     assert q.stage("dpo").method == "lora"
     # pairs come from the train half, evaluation from the test half of the same sample files
     assert q.stage("prefs").questions == "@safety_train" and q.stage("safety_before").data == "@safety_test"
@@ -109,7 +109,7 @@ def test_default_run_is_the_quickstart():
 
 def test_overrides_reach_stages_and_typos_are_named():
     r = load_recipe(bundled_recipe("quickstart"), ["safety_train.limit=5", "dpo.beta=0.3", "model=some/model"])
-    assert r.stage("safety_train").limit == 5 and r.stage("dpo").beta == 0.3 and r.model == "some/model"
+    assert r.stage("safety_train").limit == 5 and r.stage("dpo").beta == 0.3 and r.model.spec == "some/model"
     with pytest.raises(ConfigError, match="did you mean 'beta'"):
         load_recipe(bundled_recipe("quickstart"), ["dpo.betaa=0.3"])
 

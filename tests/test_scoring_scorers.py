@@ -6,6 +6,7 @@ import pytest
 
 from meditune.errors import ConfigError
 from meditune.generation.base import ScriptedBackend
+from meditune.model_ref import ModelRef
 from meditune.scoring.answer import AnswerScorer, extract_choice
 from meditune.scoring.base import Score, ScoreInput
 from meditune.scoring.combine import CombinedScorer
@@ -119,7 +120,7 @@ def test_reward_scorer_on_a_tiny_classifier(tmp_path, tiny_model_dir):
 def test_logprob_verifier_always_gives_a_verdict(tiny_model_dir):
     from meditune.scoring.logprob_verifier import LogprobJudgeVerifier
 
-    v = LogprobJudgeVerifier(str(tiny_model_dir), device="cpu", batch_size=2)
+    v = LogprobJudgeVerifier(ModelRef(spec=str(tiny_model_dir), device="cpu"), batch_size=2)
     item = ScoreInput("a", "q", "")
     facts = ["Insulin lowers glucose.", "The moon is made of cheese.", "Aspirin is an NSAID."]
     got = v.verify([(item, f) for f in facts])

@@ -23,6 +23,7 @@ from typing import Any
 
 from meditune.errors import ConfigError
 from meditune.io import remove_tree, sha256_file, write_json
+from meditune.model_ref import DTYPES, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,9 @@ def pick_dtype(dtype: str, device: str):
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return getattr(torch, DTYPES[dtype])
 
 
 def kv_cache_argument(model: Any) -> str:
@@ -186,9 +185,22 @@ def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False
     return tok
 
 
-def load_model(spec: str | ResolvedModel, *, device: str = "auto", dtype: str = "auto",
+def loading(model: str | ResolvedModel | ModelRef, device: str, dtype: str,
+            trust_remote_code: bool) -> tuple[str | ResolvedModel, str, str, bool]:
+    """(spec, device, dtype, trust_remote_code) to load: a ModelRef's own settings, the keywords where it has none
+    (an unset spec: "default")."""
+    if not isinstance(model, ModelRef):
+        return model, device, dtype, trust_remote_code
+    trust = model.trust_remote_code
+    return (model.spec or "default", model.device or device, model.dtype or dtype,
+            trust_remote_code if trust is None else trust)
+
+
+def load_model(model: str | ResolvedModel | ModelRef, *, device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False, merge_adapter: bool = True):
-    """Load (model, tokenizer) in eval mode on the chosen device; adapters are applied to their base."""
+    """Load (model, tokenizer) in eval mode on the chosen device (a ModelRef says all four); adapters are applied
+    to their base."""
+    spec, device, dtype, trust_remote_code = loading(model, device, dtype, trust_remote_code)
     rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
     model = _load_weights(rm, device, dtype, trust_remote_code, merge_adapter)
     return model, load_tokenizer(rm, trust_remote_code=trust_remote_code)
@@ -252,11 +264,12 @@ def shared_keys() -> list[tuple[Any, ...]]:
         return list(_SHARED.keys())
 
 
-def load_shared_model(spec: str | ResolvedModel, *, device: str = "auto", dtype: str = "auto",
+def load_shared_model(model: str | ResolvedModel | ModelRef, *, device: str = "auto", dtype: str = "auto",
                       trust_remote_code: bool = False):
     """(model, tokenizer) as load_model returns them, shared with every other inference user of the same resolved
     model, device and dtype in this process: generators and judges on one model hold one copy of the weights.
     Never train or modify the returned model or tokenizer (load_model gives a private copy)."""
+    spec, device, dtype, trust_remote_code = loading(model, device, dtype, trust_remote_code)
     rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
     dev = pick_device(device)
     key = (_identity(rm), dev, str(pick_dtype(dtype, dev)), trust_remote_code)

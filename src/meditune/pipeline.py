@@ -285,7 +285,7 @@ class Pipeline:
             force: list[str] | None = None) -> dict[str, dict[str, str]]:
         """Run the stages in order, deciding skip/run/resume for each after its upstream ran."""
         _, excluded, forced = self._selection(only, from_stage, force)
-        ranks = distributed.current(self.recipe.device)
+        ranks = distributed.current(self.recipe.model.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, dict[str, str]] = {}
         self.skipped: list[str] = []
@@ -317,7 +317,7 @@ class Pipeline:
         sdir = self.stage_dir(s.name)
         resolved, inputs, fp = self._fingerprint(s, outputs)
         manifest = {"stage": s.name, "type": s.type, "status": "running", "config": resolved,
-                    "recipe": {"name": self.recipe.name, "model": self.recipe.model, "seed": self.recipe.seed},
+                    "recipe": {"name": self.recipe.name, "model": self.recipe.model.spec, "seed": self.recipe.seed},
                     "inputs": inputs, "fingerprint": fp, "versions": package_versions(),
                     "started": now(), "finished": None, "paths": RUN_RELATIVE, "outputs": {}}
         if ranks.is_main:

@@ -11,21 +11,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meditune.errors import ConfigError
+from meditune.model_ref import ModelRef, ModelRefOwner, flat_loc, model_ref_field
 from meditune.stages import DirectoryName, StageConfig, registry
 
 
-class Recipe(BaseModel):
+class Recipe(ModelRefOwner):
     """A whole run: recipe-wide settings and the list of stages."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_defaults = {"model": "default", "device": "auto", "dtype": "auto", "trust_remote_code": False}
+    model_keys_after = "seed"
 
     name: DirectoryName  # runs/<name>
     description: str = ""
-    model: str = "default"
+    model: ModelRef = model_ref_field("the model every stage uses unless it names its own (ModelRef)")
     seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
     system_prompt: str | None = None
     # prompts (or questions) per batch of every stage that generates or scores at inference and sets none
     # (generate, evaluations, rationales, prefs generators and judge); training batches stay the stages' own
@@ -120,7 +120,9 @@ def validation_problems(err: ValidationError, model: type[BaseModel], where: str
     """One line per validation error: `SOURCE:LINE: 'key': message` (the line when the YAML text is known)."""
     out = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+        # a model reference's setting is named as written: nested in the YAML, else by its flat key (`device`)
+        at_loc = e["loc"] if lines and base + tuple(e["loc"]) in lines else flat_loc(e["loc"])
+        loc = [str(p) for p in at_loc]
         key = ".".join(loc)
         if e["type"] == "extra_forbidden":
             valid = _owner_fields(model, loc)
@@ -131,7 +133,7 @@ def validation_problems(err: ValidationError, model: type[BaseModel], where: str
             msg = f"'{at}': {text}" if at else text
         # a missing key is reported at its mapping; any other at its key, or not at all when --set gave it
         shortest = 0 if e["type"] == "missing" else len(base) + 1
-        line = _line_of(lines, base + tuple(e["loc"]), shortest)
+        line = _line_of(lines, base + tuple(at_loc), shortest)
         out.append(f"{source}:{line}: {msg}" if line is not None else f"{source}: {msg}")
     return out
 
@@ -267,8 +269,9 @@ def validate_config(model: type[BaseModel], raw: Any, source: str, *, flags: dic
         return model.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else ""
-        if flags and key in flags and len(first["loc"]) == 1 and first["type"] != "extra_forbidden":
+        loc = flat_loc(first["loc"])
+        key = str(loc[0]) if loc else ""
+        if flags and key in flags and len(loc) == 1 and first["type"] != "extra_forbidden":
             raise ConfigError(f"{flags[key]}: {first['msg']}") from None
         raise _format_error(e, model, "", source) from None
 

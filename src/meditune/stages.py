@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from meditune.io import child, directory_name
+from meditune.model_ref import FLAT_KEYS, ModelRef
 
 # One module per family of stage types; each registers its types when imported.
 STAGE_MODULES = [
@@ -41,7 +42,6 @@ MODEL_DEFAULTS = ("model", "seed", "device", "dtype", "trust_remote_code", "syst
 INFERENCE_DEFAULTS = (*MODEL_DEFAULTS, "batch_size")
 # what a generator or judge reference takes (its system prompt and sampling are its own)
 BACKEND_DEFAULTS = ("model", "device", "dtype", "trust_remote_code", "batch_size")
-
 # A name that becomes a directory (stage and recipe names): letters, digits, '_' and '-'.
 DirectoryName = Annotated[str, AfterValidator(directory_name)]
 
@@ -61,7 +61,26 @@ class StageConfig(BaseModel):
 
     def recipe_default_targets(self) -> list[tuple[BaseModel, tuple[str, ...]]]:
         """(model, recipe-wide keys it takes) pairs that apply_recipe_defaults fills."""
-        return [(self, self.recipe_defaults)]
+        return default_targets(self, self.recipe_defaults)
+
+
+def default_targets(config: BaseModel, keys: tuple[str, ...]) -> list[tuple[BaseModel, tuple[str, ...]]]:
+    """Where recipe-wide `keys` go in a config: model, device, dtype and trust_remote_code into its model
+    reference (`config.model`, a ModelRef), the others into the config itself."""
+    ref = getattr(config, "model", None)
+    if not isinstance(ref, ModelRef):
+        return [(config, keys)]
+    return [(ref, tuple(k for k in keys if k in FLAT_KEYS)),
+            (config, tuple(k for k in keys if k not in FLAT_KEYS))]
+
+
+def recipe_setting(recipe: Any, key: str) -> Any:
+    """A recipe-wide setting by its flat key (model, device, ... read from the recipe's model reference)."""
+    if recipe is None:
+        return None
+    if key in FLAT_KEYS:
+        return getattr(recipe.model, FLAT_KEYS[key])
+    return getattr(recipe, key, None)
 
 
 def apply_recipe_defaults(config: StageConfig, recipe: Any) -> StageConfig:
@@ -72,13 +91,14 @@ def apply_recipe_defaults(config: StageConfig, recipe: Any) -> StageConfig:
     config = config.model_copy(deep=True)
     for target, keys in config.recipe_default_targets():
         for key in keys:
-            if key not in type(target).model_fields:
+            field = FLAT_KEYS[key] if isinstance(target, ModelRef) else key
+            if field not in type(target).model_fields:
                 continue
-            if key not in target.model_fields_set or getattr(target, key) is None:
-                value = getattr(recipe, key, None) if recipe is not None else None
+            if field not in target.model_fields_set or getattr(target, field) is None:
+                value = recipe_setting(recipe, key)
                 value = RECIPE_DEFAULTS[key] if value is None else value
                 if value is not None:  # nothing recipe-wide (batch_size unset): the stage's own default stays
-                    setattr(target, key, value)
+                    setattr(target, field, value)
             if key == "system_prompt" and target.system_prompt == "":
                 target.system_prompt = None  # "" = explicitly none, even when the recipe sets one
     return config

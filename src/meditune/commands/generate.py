@@ -37,7 +37,7 @@ def _run_generate(stage: Any, extras: dict[str, Any]) -> None:
     check_params(params, "command line")
     requests = stage_requests(stage, None)
     cache = GenerationCache(extras["cache_dir"] or models_cache() / "generations") if stage.cache else None
-    ranks = current(cfg.device)  # under torchrun: every rank generates its share, rank 0 writes
+    ranks = current(cfg.model.device)  # under torchrun: every rank generates its share, rank 0 writes
     with removed_on_error(extras["out"]):  # bad input (a request, the model, the key): nothing is left in OUT
         result = run_job(requests, lambda: make_backend(cfg), extras["out"], model=model_key(cfg), label=cfg.label,
                          unit_size=stage.unit_size, cache=cache, progress=extras["progress"], ranks=ranks)

@@ -1,7 +1,8 @@
 """Command-line options built from a config class, as TRL's TrlParser builds its CLI from config dataclasses.
 
 Every scalar field (str, int, float, bool, a Literal, or an optional of those; lists of strings repeat) becomes
-`--field-name` with the field's description as help; every command also takes `--config FILE` (a YAML mapping of
+`--field-name` with the field's description as help; a model reference (meditune.model_ref.ModelRef) gives its flat
+keys: `--model`, `--device`, `--dtype`, `--trust-remote-code`; every command also takes `--config FILE` (a YAML mapping of
 the same keys) and `--set KEY=VALUE` for anything else, read by meditune.recipe.config_from (the one parser).
 A flag that is not given leaves the config's default (or the --config file's value) alone.
 """
@@ -17,6 +18,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import typer
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from meditune.model_ref import FLAT_KEYS, REQUIRED, ModelRef
 
 
 def cli_type(annotation: Any) -> tuple[Any, str]:
@@ -36,6 +40,20 @@ def cli_type(annotation: Any) -> tuple[Any, str]:
     return None, ""
 
 
+def option_fields(cls: type[BaseModel]) -> list[tuple[str, FieldInfo, Any]]:
+    """(option name, field, default) of every field of `cls` that can become an option: its own fields, and for
+    its model reference the flat keys it takes (model, device, dtype, trust_remote_code), with the reference's
+    descriptions and the config's defaults (REQUIRED: none)."""
+    out: list[tuple[str, FieldInfo, Any]] = []
+    for name, field in cls.model_fields.items():
+        if field.annotation is ModelRef:
+            for key, default in getattr(cls, "model_defaults", {}).items():
+                out.append((key, ModelRef.model_fields[FLAT_KEYS[key]], default))
+        else:
+            out.append((name, field, REQUIRED if field.is_required() else field.get_default(call_default_factory=True)))
+    return out
+
+
 def config_command(cls: type[BaseModel], run: Callable[[Any, dict[str, Any]], None], *, doc: str,
                    argument: str | None = None, decls: dict[str, tuple[str, ...]] | None = None,
                    defaults: dict[str, Any] | None = None, convert: dict[str, tuple[Any, Callable, str]] | None = None,
@@ -53,7 +71,7 @@ def config_command(cls: type[BaseModel], run: Callable[[Any, dict[str, Any]], No
     decls, defaults, convert = decls or {}, defaults or {}, convert or {}
     params: list[inspect.Parameter] = []
     flags: dict[str, str] = {}
-    for name, field in cls.model_fields.items():
+    for name, field, field_default in option_fields(cls):
         if name in skip or name in (fixed or {}):
             continue
         typ, choices = (convert[name][0], "") if name in convert else cli_type(field.annotation)
@@ -63,14 +81,13 @@ def config_command(cls: type[BaseModel], run: Callable[[Any, dict[str, Any]], No
         help_text = f"{help_text} ({choices})" if choices else help_text
         default = defaults.get(name)
         if name == argument:
-            required = field.is_required() and name not in defaults
+            required = field_default is REQUIRED and name not in defaults
             value = typer.Argument(... if required else default, help=help_text, show_default=False,
                                    metavar=name.upper())
         else:
             opt = f"--{name.replace('_', '-')}"
             names_ = decls.get(name) or ((f"{opt}/--no-{name.replace('_', '-')}",) if typ is bool else (opt,))
-            shown = default if name in defaults else (None if field.is_required()
-                                                      else field.get_default(call_default_factory=True))
+            shown = default if name in defaults else (None if field_default is REQUIRED else field_default)
             if shown not in (None, [], "") and "default:" not in help_text:
                 help_text += f" (default: {shown})"
             value = typer.Option(default, *names_, help=help_text, show_default=False)

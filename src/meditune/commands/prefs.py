@@ -67,7 +67,7 @@ def build(
     if judge:
         if not hasattr(cfg_raw.scorer, "judge"):
             raise ConfigError(f"--judge: the {cfg_raw.scorer.type!r} scorer uses no judge")
-        cfg_raw.scorer.judge.model = judge
+        cfg_raw.scorer.judge.model.spec = judge
     paths = build_preferences(cfg_raw, out, seed=seed)
     if not current().is_main:  # under torchrun rank 0 wrote the files and prints them
         return

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from meditune.distributed import current
 from meditune.errors import ConfigError, InputError
@@ -19,6 +19,7 @@ from meditune.evaluation.strategies import StrategyContext, get_strategy
 from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY
 from meditune.evaluation.tasks import Task, get_task
 from meditune.io import iter_jsonl
+from meditune.model_ref import ModelRef, ModelRefOwner, model_ref_field
 from meditune.prompts import Template, choice_strings, get_template
 from meditune.records import MCQItem, read_records
 from meditune.shards import remove_shard
@@ -26,13 +27,14 @@ from meditune.shards import remove_shard
 log = logging.getLogger(__name__)
 
 
-class MCQAOptions(BaseModel):
+class MCQAOptions(ModelRefOwner):
     """Settings of one multiple-choice evaluation (shared by the CLI and the `eval_mcqa` stage)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_defaults = {"model": None, "device": "auto", "dtype": "auto", "trust_remote_code": False}
+    model_keys_after = "stop"
 
-    model: str | None = Field(None, description="model spec (default, dir, adapter, .gguf, hub id); default: the "
-                              "recipe's model")
+    model: ModelRef = model_ref_field()
     data: str = Field(description="data source spec or path to an MCQItem JSONL")
     task: str | None = Field(None, description="a registered task (medqa_4options, medmcqa, pubmedqa, mmlu_medical, "
                              "kormedmcqa, cmmlu_medical, headqa: its loader, template and metrics), or just the "
@@ -59,9 +61,6 @@ class MCQAOptions(BaseModel):
     max_new_tokens: int = Field(32, ge=1, description="generative mode: tokens to generate")
     stop: list[str] | None = Field(None, description="generative mode: stop strings (default: lm-eval's kormedmcqa "
                                    "list without '.': Q:, </s>, <|im_end|>, a blank line)")
-    device: str = Field("auto", description="cpu | cuda | auto")
-    dtype: str = Field("auto", description="float32 | bfloat16 | auto")
-    trust_remote_code: bool = Field(False, description="allow model code from the hub")
     seed: int = Field(0, description="seed (bootstrap, sampling strategies)")
 
 
@@ -160,7 +159,7 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
                   preloaded: tuple[Any, Any] | None = None, label: str | None = None) -> dict[str, str]:
     """Run one evaluation and write results.json + samples.jsonl under out_dir; returns their paths.
 
-    `model` is the fallback spec when cfg.model is unset; `preloaded` = (model, tokenizer) already in memory;
+    `model` is the fallback spec when cfg.model.spec is unset; `preloaded` = (model, tokenizer) already in memory;
     `label` names the results when cfg.task is unset (default: the data file stem).
     """
     started = time.time()
@@ -169,7 +168,7 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
     cfg = cfg.model_copy(update={"template": cfg.template or (registered.template if registered else "generic"),
                                  "task": cfg.task or label})
     template = get_template(cfg.template)
-    model_spec = cfg.model or model or "default"
+    model_spec = cfg.model.spec or model or "default"
     items = load_items(cfg.data, task=registered)
     n_original = len(items)
     items = items[: cfg.limit] if cfg.limit else items
@@ -199,8 +198,8 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
         extra["unparseable"] = sum(1 for s in samples if s.get("parsed") is False)
     if ctx.extra_results:
         extra["strategy"] = ctx.extra_results
-    run_config = {"model": "meditune-hf", "model_args": f"pretrained={model_spec},dtype={cfg.dtype}",
-                  "model_spec": model_spec, "batch_size": cfg.batch_size, "device": cfg.device,
+    run_config = {"model": "meditune-hf", "model_args": f"pretrained={model_spec},dtype={cfg.model.dtype}",
+                  "model_spec": model_spec, "batch_size": cfg.batch_size, "device": cfg.model.device,
                   "limit": cfg.limit, "seed": cfg.seed, "data": cfg.data, "options": cfg.model_dump(mode="json")}
     if extra["truncated"]:
         log.warning("%d items were longer than the context window and left-truncated", extra["truncated"])

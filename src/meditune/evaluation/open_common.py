@@ -9,23 +9,26 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from meditune.errors import ConfigError, InputError
 from meditune.evaluation.results import FILTER, build_results, metric_summary, write_outputs
 from meditune.generation.base import Backend, BackendConfig, Generation, GenerationRequest
 from meditune.io import hash_obj
+from meditune.model_ref import ModelRef, ModelRefOwner, model_ref_field
 from meditune.records import Record
 
 log = logging.getLogger(__name__)
 
 
-class OpenEvalOptions(BaseModel):
+class OpenEvalOptions(ModelRefOwner):
     """Settings every open-ended evaluation has: what to evaluate, on which data, with which judge."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_defaults = {"model": None, "device": "auto", "dtype": "auto", "trust_remote_code": False}
+    model_keys_after = "system_prompt"
 
-    model: str | None = Field(None, description="model spec; default: the recipe's model (or 'default')")
+    model: ModelRef = model_ref_field()
     data: str = Field(description="data source spec (meditune.data.load_source) or a records JSONL")
     task: str | None = Field(None, description="task name in results.json; default: the command/stage name")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items")
@@ -34,9 +37,6 @@ class OpenEvalOptions(BaseModel):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     system_prompt: str | None = Field(None, description="system prompt; 'model-default' keeps the template's own "
                                       "(default: none)")
-    device: str = Field("auto", description="cpu | cuda | auto")
-    dtype: str = Field("auto", description="float32 | bfloat16 | auto")
-    trust_remote_code: bool = Field(False, description="allow model code from the hub")
     batch_size: int = Field(16, ge=1, description="generation batch size")
     max_new_tokens: int = Field(256, ge=1, description="answer length")
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
@@ -47,9 +47,8 @@ class OpenEvalOptions(BaseModel):
 
 
 def generator_config(opts: OpenEvalOptions) -> BackendConfig:
-    """The BackendConfig of the evaluated model."""
-    return BackendConfig(backend=opts.backend, model=opts.model or "default", system_prompt=opts.system_prompt,
-                         device=opts.device, dtype=opts.dtype, trust_remote_code=opts.trust_remote_code,
+    """The BackendConfig of the evaluated model (an unset spec: 'default')."""
+    return BackendConfig(backend=opts.backend, model=opts.model, system_prompt=opts.system_prompt,
                          batch_size=opts.batch_size, base_url=opts.base_url, api_key_env=opts.api_key_env)
 
 
@@ -61,7 +60,8 @@ def judge_config(opts: OpenEvalOptions) -> BackendConfig | None:
         return None
     cfg = backend_config(opts.judge)
     if isinstance(opts.judge, str):  # a bare spec inherits where the evaluated model runs
-        cfg = cfg.model_copy(update={"device": opts.device, "dtype": opts.dtype, "batch_size": opts.batch_size})
+        cfg = cfg.model_copy(update={"model": cfg.model.inheriting(opts.model, ("device", "dtype")),
+                                     "batch_size": opts.batch_size})
     return cfg
 
 

@@ -236,9 +236,11 @@ def system_answers(opts: PairwiseOptions, items: Sequence[Any], out: Path,
         backend = (system_backends or {}).get(name)
         if backend is None:
             fields = {k: v for k, v in spec.items() if k != "answers"}
-            for k in ("system_prompt", "device", "dtype", "trust_remote_code", "batch_size"):
+            for k in ("system_prompt", "batch_size"):
                 fields.setdefault(k, getattr(opts, k))
-            backend = make_resumable(BackendConfig(**fields), child(out / "generations", name))
+            cfg = BackendConfig(**fields)
+            ref = cfg.model.inheriting(opts.model, ("device", "dtype", "trust_remote_code"))
+            backend = make_resumable(cfg.model_copy(update={"model": ref}), child(out / "generations", name))
         reqs = [GenerationRequest(it.id, [{"role": "user", "content": _question(it)}], params) for it in items]
         answers[name] = {it.id: t for it, (t, _) in zip(items, first_texts(backend.generate(reqs)), strict=True)}
     return answers

@@ -103,7 +103,7 @@ def evaluate_toxicity(opts: ToxicityOptions, out_dir: str | Path, *, backend: Ba
     probs: list[float | None]
     replies: list[str | None] = [None] * len(items)
     if opts.classifier:
-        clf = LocalClassifier(opts.classifier, device="cpu" if opts.device == "auto" else opts.device)
+        clf = LocalClassifier(opts.classifier, device="cpu" if opts.model.device == "auto" else opts.model.device)
         probs = list(clf.probabilities(conts))
         toxic = [p >= opts.threshold for p in probs]
     else:

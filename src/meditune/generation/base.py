@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from meditune.model_ref import ModelRef, ModelRefOwner, model_ref_field
 
 
 @dataclass(frozen=True)
@@ -105,18 +107,17 @@ class ScriptedBackend:
         return out
 
 
-class BackendConfig(BaseModel):
+class BackendConfig(ModelRefOwner):
     """How to reach a generator model; used in recipes (generators, judges) and by `make_backend`."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_defaults = {"model": "default", "device": "auto", "dtype": "auto", "trust_remote_code": False}
+    model_keys_after = "system_prompt"
 
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    model: str = "default"
+    model: ModelRef = model_ref_field()
     name: str | None = None  # label in reports/datacards; defaults to the model spec
     system_prompt: str | None = None  # see meditune.chat: None = no system prompt
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
     batch_size: int = 16
     # vllm backend: GPUs one engine shards the model over, within one rank (docs/scaleout.md); None = vLLM's 1
     tensor_parallel_size: int | None = Field(None, ge=1)
@@ -135,4 +136,4 @@ class BackendConfig(BaseModel):
 
     @property
     def label(self) -> str:
-        return self.name or self.model
+        return self.name or self.model.spec

@@ -20,12 +20,12 @@ from meditune.shards import ShardDir
 
 def model_key(cfg: BackendConfig) -> dict[str, Any]:
     """What identifies a generator: backend, model (with a signature of its files) and prompt policy."""
-    key: dict[str, Any] = {"backend": cfg.backend, "model": cfg.model, "system_prompt": cfg.system_prompt}
+    key: dict[str, Any] = {"backend": cfg.backend, "model": cfg.model.spec, "system_prompt": cfg.system_prompt}
     if cfg.backend == "openai":
         key["base_url"] = cfg.base_url
         return key
-    key["dtype"] = cfg.dtype
-    key["files"] = _files_signature(cfg.model)
+    key["dtype"] = cfg.model.dtype
+    key["files"] = _files_signature(cfg.model.spec)
     return key
 
 

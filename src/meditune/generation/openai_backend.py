@@ -70,7 +70,7 @@ class OpenAIBackend:
         self.retries = 0  # how many retries happened (for tests and logs)
 
     def __repr__(self) -> str:  # never shows the key
-        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.cfg.model!r})"
+        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.cfg.model.spec!r})"
 
     @property
     def label(self) -> str:
@@ -92,7 +92,7 @@ class OpenAIBackend:
     def request_body(self, req: GenerationRequest, n: int | None = None, seed: int | None = None) -> dict[str, Any]:
         """The JSON body for a request (chat or completion)."""
         p = req.params
-        body: dict[str, Any] = {"model": self.cfg.model, "temperature": p.temperature, "top_p": p.top_p,
+        body: dict[str, Any] = {"model": self.cfg.model.spec, "temperature": p.temperature, "top_p": p.top_p,
                                 "max_tokens": p.max_new_tokens, "n": n or p.n,
                                 "seed": p.seed if seed is None else seed}
         if p.stop:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
+from meditune.model_ref import ModelRef, ModelRefOwner, model_ref_field
 from meditune.stages import (
     INFERENCE_DEFAULTS,
     StageConfig,
@@ -18,26 +19,23 @@ from meditune.stages import (
 )
 
 
-class GenerateStageConfig(StageConfig):
+class GenerateStageConfig(StageConfig, ModelRefOwner):
     """Which data, which generator (BackendConfig fields), and how to sample; model, system_prompt, device, dtype,
     trust_remote_code, seed and batch_size left unset (or null) are the recipe's
     (meditune.stages.apply_recipe_defaults)."""
 
     recipe_defaults = INFERENCE_DEFAULTS
+    model_keys_after = "system_prompt"
 
     data: str = Field(description="JSONL of requests ({id, messages | prompt, params?}) or records, '@stage', or a "
                       "data source spec (NAME:PATH, sample:NAME)")
     limit: int | None = Field(None, ge=1, description="only the first N items")
     # generator (see BackendConfig)
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    model: str | None = Field(None, description="model spec, or the model name for backend openai (default: the "
-                              "recipe's, else default)")
+    model: ModelRef = model_ref_field()
     label: str | None = Field(None, description="the generator's name in outputs (default: the model)")
     system_prompt: str | None = Field(None, description="system prompt (default: the recipe's, else none; \"\" = none; "
                                       "'model-default' keeps the template's)")
-    device: str | None = Field(None, description="cpu | cuda | auto (default: the recipe's)")
-    dtype: str | None = Field(None, description="float32 | bfloat16 | auto (default: the recipe's)")
-    trust_remote_code: bool | None = Field(None, description="allow model code from the hub (default: the recipe's)")
     batch_size: int = Field(16, ge=1, description="most requests batched together")
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs a vLLM engine shards the model over "
                                              "(backend vllm; within one rank, see docs/scaleout.md)")
@@ -119,7 +117,7 @@ def run_generate(config: GenerateStageConfig, ctx: StageContext) -> dict[str, st
     cfg = backend_config_of(config, ctx.recipe)
     requests = stage_requests(config, ctx.recipe)
     cache = GenerationCache(ctx.run_dir / "cache" / "generations") if config.cache else None
-    ranks = current(cfg.device)  # under torchrun every rank generates its units (meditune.distributed)
+    ranks = current(cfg.model.device)  # under torchrun every rank generates its units (meditune.distributed)
     result = run_job(requests, lambda: make_backend(cfg), ctx.stage_dir, model=model_key(cfg), label=cfg.label,
                      unit_size=config.unit_size, cache=cache, progress=True, ranks=ranks)
     if ranks.is_main:

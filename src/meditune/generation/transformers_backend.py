@@ -71,8 +71,7 @@ class TransformersBackend:
         from meditune.models import kv_cache_argument, load_shared_model, set_pad_token
 
         if model is None:  # backends on the same model (generators, judges) share one copy of the weights
-            model, tokenizer = load_shared_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
-                                                 trust_remote_code=self.cfg.trust_remote_code)
+            model, tokenizer = load_shared_model(self.cfg.model)
         self.model, self.tokenizer = model, tokenizer
         set_pad_token(self.tokenizer)  # a tokenizer passed in (tests, strategies) may come without one
         self.batch_size = max(1, self.cfg.batch_size)

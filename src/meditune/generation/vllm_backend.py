@@ -36,11 +36,11 @@ class VLLMBackend:
 
         self.cfg = cfg
         self.vllm = import_vllm()
-        rm = resolve(cfg.model)
+        rm = resolve(cfg.model.spec)
         self._lora = None
-        kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "seed": 0}
-        if cfg.dtype != "auto":
-            kwargs["dtype"] = cfg.dtype
+        kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "seed": 0}
+        if cfg.model.dtype != "auto":
+            kwargs["dtype"] = cfg.model.dtype
         if cfg.tensor_parallel_size:
             kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
         path = rm.path

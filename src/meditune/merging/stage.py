@@ -16,7 +16,7 @@ class MergeStageConfig(StageConfig, MergeSpec):
 
 def estimate(config: MergeStageConfig, recipe: Any) -> dict[str, Any]:
     """What a dry run prints: the method and how many models are merged."""
-    base = config.base_model or (recipe.model if config.merge_method not in NO_DEFAULT_BASE else None)
+    base = config.base_model or (recipe.model.spec if config.merge_method not in NO_DEFAULT_BASE else None)
     n = len(config.models) + int(bool(base) and base not in [m.model for m in config.models]
                                  and config.merge_method != "linear")
     return {"method": config.merge_method, "models": n}
@@ -31,7 +31,7 @@ def run_merge_stage(config: MergeStageConfig, ctx: StageContext) -> dict[str, st
 
     spec = MergeSpec.model_validate(config.model_dump(exclude={"name", "type"}))
     if spec.base_model is None and get_method(spec.merge_method).needs_base:
-        spec.base_model = ctx.recipe.model
+        spec.base_model = ctx.recipe.model.spec
     out = ctx.path("model")
     run_merge(spec, out, seed=ctx.seed, progress=True)
     return {"model": str(out)}

@@ -29,7 +29,7 @@ from meditune.scoring.registry import (
     default_backend_factory,
 )
 from meditune.shards import Shard
-from meditune.stages import BACKEND_DEFAULTS, StageConfig
+from meditune.stages import BACKEND_DEFAULTS, StageConfig, default_targets
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class PrefsStageConfig(StageConfig):
         """Generators and the judge the recipe did not point elsewhere use the recipe's model, device, dtype and
         trust_remote_code (their system prompts and sampling are their own)."""
         judge = getattr(self.scorer, "judge", None)
-        return [(b, BACKEND_DEFAULTS) for b in [*self.generators, judge] if b is not None]
+        return [t for b in [*self.generators, judge] if b is not None for t in default_targets(b, BACKEND_DEFAULTS)]
 
     @field_validator("generators")
     @classmethod
@@ -180,7 +180,7 @@ def datacard(cfg: PrefsStageConfig, items: list[Question], answers: dict[str, li
     for gen_cfg, (label, rows) in zip(cfg.generators, answers.items(), strict=True):
         sc = [scores[r["id"]] for r in rows]
         vals = [s.value for s in sc if s.clean and s.value is not None]
-        entry = {"label": label, "model": gen_cfg.model, "backend": gen_cfg.backend,
+        entry = {"label": label, "model": gen_cfg.model.spec, "backend": gen_cfg.backend,
                  "system_prompt": gen_cfg.system_prompt, "answers": len(rows),
                  "empty_answers": sum(not r["text"].strip() for r in rows),
                  "truncated_answers": sum(r.get("finish_reason") == "length" for r in rows),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meditune.cost import count_tokens
+from meditune.model_ref import ModelRef
 from meditune.scoring.base import ScoreInput
 from meditune.scoring.dahl import JudgeVerifier, Verdict
 
@@ -24,10 +25,8 @@ class LogprobJudgeVerifier:
 
     name = "judge_logprob"
 
-    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
-                 grounded: bool = False, trust_remote_code: bool = False):
-        self.spec, self.device, self.dtype, self.batch_size = model, device, dtype, batch_size
-        self.trust_remote_code = trust_remote_code
+    def __init__(self, model: ModelRef, *, batch_size: int = 16, grounded: bool = False):
+        self.model, self.batch_size = model, batch_size
         self.prompts = JudgeVerifier(None, grounded=grounded)  # type: ignore[arg-type]  # only builds requests
         self._loaded = None
 
@@ -35,9 +34,9 @@ class LogprobJudgeVerifier:
         if self._loaded is None:
             from meditune.models import load_shared_model, load_tokenizer
 
-            model, _ = load_shared_model(self.spec, device=self.device, dtype=self.dtype,
-                                         trust_remote_code=self.trust_remote_code)
-            tok = load_tokenizer(self.spec, trust_remote_code=self.trust_remote_code)  # own copy: left padding
+            model, _ = load_shared_model(self.model)
+            tok = load_tokenizer(self.model.spec or "default",  # own copy: left padding
+                                 trust_remote_code=bool(self.model.trust_remote_code))
             tok.padding_side = "left"
             ids_t = sorted({tok.encode(w, add_special_tokens=False)[0] for w in TRUE_WORDS})
             ids_f = sorted({tok.encode(w, add_special_tokens=False)[0] for w in FALSE_WORDS})

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meditune.errors import ConfigError
 from meditune.generation.base import Backend, BackendConfig
+from meditune.model_ref import REQUIRED, ModelRef, ModelRefOwner, model_ref_field
 from meditune.scoring.base import Scorer
 from meditune.scoring.judge import DEFAULT_RUBRIC
 
@@ -38,10 +39,11 @@ class AnswerConfig(_Cfg):
     type: Literal["answer"] = "answer"
 
 
-class RewardConfig(_Cfg):
+class RewardConfig(_Cfg, ModelRefOwner):
+    model_defaults = {"model": REQUIRED, "device": "auto"}  # a reward model directory, where it runs
+
     type: Literal["reward"] = "reward"
-    model: str
-    device: str = "auto"
+    model: ModelRef = model_ref_field()
     batch_size: int = 8
     max_length: int = 1024
     system_prompt: str | None = None
@@ -128,8 +130,7 @@ def _dahl(cfg: DahlConfig, backends: BackendFactory) -> Scorer:
         from meditune.scoring.logprob_verifier import LogprobJudgeVerifier
 
         j = cfg.judge
-        verifier = LogprobJudgeVerifier(j.model, device=j.device, dtype=j.dtype, batch_size=j.batch_size,
-                                        trust_remote_code=j.trust_remote_code)
+        verifier = LogprobJudgeVerifier(j.model, batch_size=j.batch_size)
     else:
         verifier = JudgeVerifier(backend, grounded=cfg.verifier == "grounded_judge",
                                  max_new_tokens=cfg.verify_max_new_tokens, retries=cfg.retries)
@@ -145,7 +146,7 @@ def _answer(cfg: AnswerConfig, backends: BackendFactory) -> Scorer:
 def _reward(cfg: RewardConfig, backends: BackendFactory) -> Scorer:
     from meditune.scoring.reward import RewardScorer
 
-    return RewardScorer(cfg.model, device=cfg.device, batch_size=cfg.batch_size, max_length=cfg.max_length,
+    return RewardScorer(cfg.model.spec, device=cfg.model.device, batch_size=cfg.batch_size, max_length=cfg.max_length,
                         system_prompt=cfg.system_prompt)
 
 

@@ -12,17 +12,19 @@ from pydantic import Field, field_validator, model_validator
 
 from meditune.errors import ConfigError
 from meditune.io import remove_tree
+from meditune.model_ref import ModelRef, ModelRefOwner, model_ref_field
 from meditune.stages import MODEL_DEFAULTS, StageConfig, apply_recipe_defaults
 
 log = logging.getLogger(__name__)
 
-class TrainOptions(StageConfig):
+class TrainOptions(StageConfig, ModelRefOwner):
     """Settings every training stage has (a stage config subclasses this and adds its own); model, seed, device,
     dtype, trust_remote_code and system_prompt left unset (or null) are the recipe's."""
 
     recipe_defaults = MODEL_DEFAULTS
+    model_keys_after = "seed"
 
-    model: str | None = None  # None: the recipe's model; accepts "@stage"
+    model: ModelRef = model_ref_field()  # unset: the recipe's; the spec accepts "@stage"
     data: str | list[str] = Field(description="JSONL of records, or a data source spec")
     eval_data: str | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="held out from data when eval_data is unset")
@@ -45,9 +47,6 @@ class TrainOptions(StageConfig):
     checkpoint_every: int = Field(1, ge=1, description="with activation_checkpointing: recompute only every n-th "
                                   "decoder layer (1 = all); the others keep their activations")
     seed: int | None = None  # unset: the recipe seed
-    device: str | None = None
-    dtype: str | None = None
-    trust_remote_code: bool | None = None
     system_prompt: str | None = None  # unset: the recipe's; "": none; "model-default": the template's own
     report_to: list[str] = Field(default_factory=list)  # e.g. ["wandb"]; CSV + TensorBoard are always written
     logging_steps: int = Field(1, ge=1)
@@ -88,22 +87,18 @@ class TrainOptions(StageConfig):
 class Settings:
     """Recipe defaults merged with the stage's own options."""
 
-    model: str
+    model: ModelRef  # every setting filled
     seed: int
-    device: str
-    dtype: str
     system_prompt: str | None
-    trust_remote_code: bool
 
 
 def settings(cfg: TrainOptions, recipe: Any) -> Settings:
     """Stage options with recipe-wide defaults filled in (meditune.stages.apply_recipe_defaults)."""
     cfg = apply_recipe_defaults(cfg, recipe)
-    return Settings(model=cfg.model, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                    system_prompt=cfg.system_prompt, trust_remote_code=cfg.trust_remote_code)
+    return Settings(model=cfg.model, seed=cfg.seed, system_prompt=cfg.system_prompt)
 
 
-def base_model_dir(spec: str, stage_dir: Path, trust_remote_code: bool = False) -> tuple[str, str]:
+def base_model_dir(ref: ModelRef, stage_dir: Path) -> tuple[str, str]:
     """(directory of full weights to train from, spec to record as base).
 
     An adapter input (e.g. "@sft" of a LoRA SFT) is merged once into stage_dir/base, because a new adapter must
@@ -111,6 +106,7 @@ def base_model_dir(spec: str, stage_dir: Path, trust_remote_code: bool = False) 
     """
     from meditune.models import resolve
 
+    spec = ref.spec or "default"
     rm = resolve(spec)
     if rm.kind != "adapter":
         if rm.kind == "hub" and not Path(rm.path).is_dir():
@@ -125,7 +121,7 @@ def base_model_dir(spec: str, stage_dir: Path, trust_remote_code: bool = False) 
         from meditune.models import load_model
 
         log.info("merging adapter %s into %s to train on top of it", spec, out)
-        model, tok = load_model(rm, device="cpu", dtype="float32", trust_remote_code=trust_remote_code)
+        model, tok = load_model(rm, device="cpu", dtype="float32", trust_remote_code=bool(ref.trust_remote_code))
         tmp = out.with_name(f"base.partial{os.environ.get('RANK', '')}")  # one per process under torchrun
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -143,10 +139,11 @@ def load_causal_lm(path: str, s: Settings):
 
     from meditune.models import pick_device, pick_dtype, set_pad_token
 
-    dev = pick_device(s.device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(s.dtype, dev), use_safetensors=True,
-                                                 trust_remote_code=s.trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=s.trust_remote_code)
+    ref = s.model
+    dev = pick_device(ref.device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(ref.dtype, dev), use_safetensors=True,
+                                                 trust_remote_code=ref.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=ref.trust_remote_code)
     set_pad_token(tok, model)
     return model, tok
 
@@ -168,8 +165,8 @@ def trainer_kwargs(cfg: TrainOptions, s: Settings, out_dir: Path, *, default_lr:
 
     from meditune.models import pick_device, pick_dtype
 
-    dev = pick_device(s.device)
-    dtype = pick_dtype(s.dtype, dev)
+    dev = pick_device(s.model.device)
+    dtype = pick_dtype(s.model.dtype, dev)
     if dev == "cpu":
         from meditune.training.lm_head import tune_for_cpu
 

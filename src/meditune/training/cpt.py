@@ -39,7 +39,7 @@ def train_cpt(cfg: CPTStageConfig, ctx: StageContext) -> dict[str, str]:
 
     s = settings(cfg, ctx.recipe)
     texts = corpus_list(cfg.data)
-    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir, s.trust_remote_code)
+    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir)
     model, tok = load_causal_lm(base_dir, s)
     train, held = (texts, corpus_list(cfg.eval_data)) if cfg.eval_data else split_eval(texts, cfg.eval_fraction,
                                                                                       s.seed)

@@ -105,10 +105,10 @@ def train_dpo(cfg: DPOStageConfig, ctx: StageContext, records: list[Any] | None 
     """Run DPO on one dataset (or the given records); returns the stage outputs."""
     s = settings(cfg, ctx.recipe)
     if model_spec:
-        s.model = model_spec
+        s.model = s.model.model_copy(update={"spec": model_spec})
     data = cfg.data[0] if isinstance(cfg.data, list) else cfg.data
     recs = records if records is not None else load_records(data, PREF_KINDS)
-    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir, s.trust_remote_code)
+    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir)
     model, tok = load_causal_lm(base_dir, s)
     rows = preference_rows(recs, tok, s.system_prompt)
     if cfg.eval_data:

@@ -136,7 +136,7 @@ def build_grpo_trainer(cfg: GRPOStageConfig, s: Any, ctx: StageContext, model: A
 def train_grpo(cfg: GRPOStageConfig, ctx: StageContext) -> dict[str, str]:
     """Run GRPO on MCQ prompts; returns the stage outputs (model, curves, summary, results)."""
     s = settings(cfg, ctx.recipe)
-    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir, s.trust_remote_code)
+    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir)
     model, tok = load_causal_lm(base_dir, s)
     budget = cfg.max_length - cfg.max_completion_length
     rows = prompt_rows(load_items(cfg.data), tok, s.system_prompt, budget)

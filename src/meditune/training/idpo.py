@@ -63,7 +63,7 @@ def train_multistage_dpo(cfg: DPOStageConfig, ctx: StageContext) -> dict[str, st
     if not isinstance(cfg.data, list) or len(cfg.data) < 2:
         raise ConfigError("multi-stage DPO needs a list of at least two datasets in 'data'")
     s = settings(cfg, ctx.recipe)
-    policy, parts, outs = s.model, [], {}
+    policy, parts, outs = s.model.spec, [], {}
     for i, data in enumerate(cfg.data, start=1):
         outs, policy = train_from(train_dpo, cfg, ctx, ctx.stage_dir / f"part_{i}", policy,
                                   last=i == len(cfg.data), update={"data": data})

@@ -42,7 +42,7 @@ def train_orpo(cfg: ORPOStageConfig, ctx: StageContext, records: list[Any] | Non
     s = settings(cfg, ctx.recipe)
     data = cfg.data[0] if isinstance(cfg.data, list) else cfg.data
     recs = records or load_records(data, PREF_KINDS)
-    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir, s.trust_remote_code)
+    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir)
     model, tok = load_causal_lm(base_dir, s)
     rows = [preference_row(r, tok, s.system_prompt) for r in recs]
     if cfg.eval_data:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from meditune.errors import ConfigError
 from meditune.io import write_json
+from meditune.model_ref import ModelRef, ModelRefOwner, model_ref_field
 from meditune.records import Chat, Message, write_records
 from meditune.stages import INFERENCE_DEFAULTS, StageConfig, StageContext, apply_recipe_defaults
 from meditune.training.data import count_examples
@@ -19,22 +20,20 @@ from meditune.training.mcq_reasoning import reasoning_messages
 log = logging.getLogger(__name__)
 
 
-class RationalesStageConfig(StageConfig):
+class RationalesStageConfig(StageConfig, ModelRefOwner):
     """Options of the `rationales` stage (data: MCQ items with gold answers); model, seed, device, dtype,
     trust_remote_code, system_prompt and batch_size (a generation batch) left unset (or null) are the recipe's
     (apply_recipe_defaults)."""
 
     recipe_defaults = INFERENCE_DEFAULTS
+    model_keys_after = "batch_size"
 
-    model: str | None = None  # accepts "@stage"
+    model: ModelRef = model_ref_field()  # the spec accepts "@stage"
     data: str | list[str]
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0: greedy, one rationale per item")
     max_retries: int = Field(0, ge=0, description="re-asks of an answer without a parseable 'Answer: X'")
     batch_size: int = Field(16, ge=1)
-    device: str | None = None
-    dtype: str | None = None
-    trust_remote_code: bool | None = None
     system_prompt: str | None = None  # "" = none
     seed: int | None = None
 
@@ -61,9 +60,8 @@ def run_rationales(cfg: RationalesStageConfig, ctx: StageContext, backend: Any =
         from meditune.generation.factory import make_backend
 
         backend = make_backend(BackendConfig(model=cfg.model, system_prompt=cfg.system_prompt,
-                                             batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
-                                             trust_remote_code=cfg.trust_remote_code))
-    bank = build_cot_bank(items, backend, ctx.stage_dir / "cot_bank.jsonl", model=cfg.model,
+                                             batch_size=cfg.batch_size))
+    bank = build_cot_bank(items, backend, ctx.stage_dir / "cot_bank.jsonl", model=cfg.model.spec,
                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
                           policy=RetryPolicy(max_retries=cfg.max_retries), chunk_size=cfg.batch_size)
     if not bank.entries:

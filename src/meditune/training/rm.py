@@ -66,12 +66,12 @@ def train_rm(cfg: RMStageConfig, ctx: StageContext) -> dict[str, str]:
     s = settings(cfg, ctx.recipe)
     data = cfg.data[0] if isinstance(cfg.data, list) else cfg.data
     recs = load_records(data, PREF_KINDS)
-    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir, s.trust_remote_code)
+    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    dev = pick_device(s.device)
+    dev = pick_device(s.model.device)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, use_safetensors=True,
-                                                               dtype=pick_dtype(s.dtype, dev),
-                                                               trust_remote_code=s.trust_remote_code)
+                                                               dtype=pick_dtype(s.model.dtype, dev),
+                                                               trust_remote_code=s.model.trust_remote_code)
     set_pad_token(tok, model)
     if cfg.eval_data:
         train_recs, held = recs, load_records(cfg.eval_data, PREF_KINDS)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from meditune.distributed import current
 from meditune.errors import ConfigError
 from meditune.io import iter_jsonl, write_jsonl
+from meditune.model_ref import ModelRef
 from meditune.prompts import render_mcq
 from meditune.records import Chat, LongFormItem, MCQItem, Preference, Record, SafetyItem
 
@@ -103,8 +104,8 @@ def make_score_fn(opts: Any, system_prompt: str | None, device: str) -> ScoreFn:
     raise ConfigError("rollouts need a scorer: set reward_model (an rm stage output) or scorer (a scoring config)")
 
 
-def sample(policy: str, items: list[PromptItem], n: int, opts: Any, *, seed: int, system_prompt: str | None,
-           device: str, dtype: str, backend: Any = None) -> list[list[str]]:
+def sample(policy: ModelRef, items: list[PromptItem], n: int, opts: Any, *, seed: int, system_prompt: str | None,
+           backend: Any = None) -> list[list[str]]:
     """n sampled responses per prompt from the policy model (or the given backend, e.g. for tests)."""
     from meditune.generation.base import BackendConfig, GenerationRequest, SamplingParams
 
@@ -112,8 +113,7 @@ def sample(policy: str, items: list[PromptItem], n: int, opts: Any, *, seed: int
     if own:
         from meditune.generation.factory import make_backend
 
-        backend = make_backend(BackendConfig(model=policy, system_prompt=system_prompt, device=device, dtype=dtype,
-                                             batch_size=opts.gen_batch_size))
+        backend = make_backend(BackendConfig(model=policy, system_prompt=system_prompt, batch_size=opts.gen_batch_size))
     params = SamplingParams(temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens,
                             n=n, seed=seed)
     gens = backend.generate([GenerationRequest(id=it.id, messages=it.messages, params=params) for it in items])
@@ -123,9 +123,8 @@ def sample(policy: str, items: list[PromptItem], n: int, opts: Any, *, seed: int
     return [[g.text for g in sorted(per, key=lambda g: g.index)] for per in gens]
 
 
-def rollouts(round_dir: Path, policy: str, items: list[PromptItem], n: int, opts: Any, score_fn: ScoreFn, *,
-             seed: int, system_prompt: str | None, device: str, dtype: str,
-             backend: Any = None) -> list[dict[str, Any]]:
+def rollouts(round_dir: Path, policy: ModelRef, items: list[PromptItem], n: int, opts: Any, score_fn: ScoreFn, *,
+             seed: int, system_prompt: str | None, backend: Any = None) -> list[dict[str, Any]]:
     """Sampled and scored responses per prompt, read back from round_dir/rollouts.jsonl when already done.
 
     Under several processes each rank samples and scores every world-th prompt and the rows are gathered, so no
@@ -140,12 +139,11 @@ def rollouts(round_dir: Path, policy: str, items: list[PromptItem], n: int, opts
             return rows
     # under torchrun / accelerate the process group is set up here when no trainer has done it yet (round 1
     # samples before any trainer exists)
-    ranks = current(device)
+    ranks = current(policy.device or "auto")
     rank, world = ranks.rank, ranks.world
     mine = list(range(rank, len(items), world))
     share = [items[i] for i in mine]
-    texts = sample(policy, share, n, opts, seed=seed, system_prompt=system_prompt, device=device, dtype=dtype,
-                   backend=backend) if share else []
+    texts = sample(policy, share, n, opts, seed=seed, system_prompt=system_prompt, backend=backend) if share else []
     flat_items = [it for it, t in zip(share, texts, strict=True) for _ in t]
     flat_scores = score_fn(flat_items, [x for t in texts for x in t]) if flat_items else []
     rows, k = [], 0

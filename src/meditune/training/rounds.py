@@ -42,7 +42,8 @@ def train_from(train: TrainFn, cfg: TrainOptions, ctx: StageContext, out_dir: Pa
     A LoRA run that is not the last also writes merged weights: the next one samples from them and trains on top.
     """
     merged = cfg.save_merged or (cfg.method == "lora" and not last)
-    run_cfg = cfg.model_copy(update={"model": policy, "save_merged": merged, **(update or {})})
+    run_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"spec": policy}), "save_merged": merged,
+                                     **(update or {})})
     outs = finished_outputs(out_dir) or train(run_cfg, StageContext(ctx.run_dir, out_dir, ctx.recipe, ctx.outputs),
                                               **kwargs)
     return outs, outs.get("merged", outs["model"])
@@ -68,12 +69,12 @@ def run_rounds(cfg: Any, ctx: StageContext, plan: RoundPlan, *, score_fn: ScoreF
     s = settings(cfg, ctx.recipe)
     datas = cfg.data if isinstance(cfg.data, list) else [cfg.data]
     items = [prompt_item(r) for d in datas for r in load_records(d, PROMPT_KINDS)]
-    score_fn = score_fn or make_score_fn(cfg, s.system_prompt, s.device)
-    policy, results, selected_all, outs = s.model, [], [], {}
+    score_fn = score_fn or make_score_fn(cfg, s.system_prompt, s.model.device)
+    policy, results, selected_all, outs = s.model.spec, [], [], {}
     for rnd in range(1, cfg.rounds + 1):
         rdir = ctx.stage_dir / f"round_{rnd}"
-        rows = rollouts(rdir, policy, items, plan.samples, cfg, score_fn, seed=s.seed + rnd,
-                        system_prompt=s.system_prompt, device=s.device, dtype=s.dtype, backend=backend)
+        rows = rollouts(rdir, s.model.model_copy(update={"spec": policy}), items, plan.samples, cfg, score_fn,
+                        seed=s.seed + rnd, system_prompt=s.system_prompt, backend=backend)
         selected = plan.select(rows, rnd)
         results.append({"round": rnd, "prompts": len(items), "samples": score_summary(rows),
                         **plan.describe(selected)})

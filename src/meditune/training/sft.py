@@ -91,7 +91,7 @@ def train_sft(cfg: SFTStageConfig, ctx: StageContext, records: list[Any] | None 
     """Run SFT (records may be given directly, e.g. by rejection sampling); returns the stage outputs."""
     s = settings(cfg, ctx.recipe)
     recs = load_sft_records(cfg, s.seed, records)
-    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir, s.trust_remote_code)
+    base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir)
     model, tok = load_causal_lm(base_dir, s)
     rows = sft_rows(recs, tok, s.system_prompt, cfg.max_length, cfg.assistant_only_loss)
     if cfg.eval_data:

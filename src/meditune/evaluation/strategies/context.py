@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meditune.model_ref import ModelRef
 from meditune.prompts import Template
 from meditune.records import LETTERS, MCQItem
 
@@ -27,13 +28,17 @@ class StrategyContext:
     def seed(self) -> int:
         return self.config.seed
 
+    @property
+    def model_ref(self) -> ModelRef:
+        """The evaluated model: the config's reference with its spec resolved to model_spec."""
+        return self.config.model.model_copy(update={"spec": self.model_spec})
+
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """(model, tokenizer) of the evaluated model, loaded once (shared with generation backends on it)."""
         if self._loaded is None:
             from meditune.models import load_shared_model
 
-            self._loaded = load_shared_model(self.model_spec, device=self.config.device, dtype=self.config.dtype,
-                                             trust_remote_code=self.config.trust_remote_code)
+            self._loaded = load_shared_model(self.model_ref)
         return self._loaded
 
     def backend(self) -> Any:
@@ -43,10 +48,8 @@ class StrategyContext:
 
         model, tok = self.model_and_tokenizer()
         cfg = self.config
-        backend = make_backend(BackendConfig(model=self.model_spec, system_prompt=cfg.system_prompt,
-                                             device=cfg.device, dtype=cfg.dtype,
-                                             trust_remote_code=cfg.trust_remote_code, batch_size=cfg.batch_size),
-                               model=model, tokenizer=tok)
+        backend = make_backend(BackendConfig(model=self.model_ref, system_prompt=cfg.system_prompt,
+                                             batch_size=cfg.batch_size), model=model, tokenizer=tok)
         if cfg.max_length:  # prompts that do not fit come back as "error" generations (see the backend)
             backend.context = min(backend.context, cfg.max_length)
         return backend

@@ -117,7 +117,7 @@ def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, 
     if options:
         raise ConfigError(f"strategy 'direct' takes no options, got {sorted(options)}")
     cfg = ctx.config
-    ranks = current(cfg.device)  # before the model loads: a rank's "cuda" is its own GPU
+    ranks = current(cfg.model.device)  # before the model loads: a rank's "cuda" is its own GPU
     model, tok = ctx.model_and_tokenizer()
     builder = _builder(ctx, tok)
     mode = cfg.mode or ctx.template.mode
