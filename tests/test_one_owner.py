@@ -493,6 +493,59 @@ def test_every_stage_takes_recipe_defaults_through_one_function(monkeypatch):
     assert calls == ["generate", "sft", "eval_mcqa"]
 
 
+# Every config that loads a model, and the reference it holds (issue 17: they used to re-declare the flat fields).
+MODEL_REF_OWNERS = [
+    "meditune.generation.base.BackendConfig", "meditune.generation.stage.GenerateStageConfig",
+    "meditune.evaluation.mcqa.MCQAOptions", "meditune.evaluation.open_common.OpenEvalOptions",
+    "meditune.training.common.TrainOptions", "meditune.training.rationales.RationalesStageConfig",
+    "meditune.scoring.registry.RewardConfig", "meditune.recipe.Recipe",
+]
+
+
+def _meditune_configs() -> list[type]:
+    """Every pydantic class of the package (stage modules, scorers, prefs, recipes imported)."""
+    from pydantic import BaseModel
+
+    import meditune.prefs.build  # noqa: F401
+    import meditune.recipe  # noqa: F401
+    from meditune.stages import registry
+
+    registry()
+    found, todo = set(), [BaseModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return sorted((c for c in found if c.__module__.startswith("meditune")), key=lambda c: c.__qualname__)
+
+
+def test_every_config_declares_its_model_settings_only_through_model_ref():
+    import importlib
+
+    from meditune.model_ref import ModelRef, ModelRefOwner
+
+    configs = _meditune_configs()
+    assert len(configs) > 40
+    for cls in configs:
+        fields = cls.model_fields
+        if cls is ModelRef:
+            continue
+        # dtype of a merge is what tensors are cast to while merging, not how a model is loaded
+        loose = {"device", "trust_remote_code"} | ({"dtype"} if cls.__name__ not in ("MergeSpec",
+                                                                                     "MergeStageConfig") else set())
+        assert not loose & set(fields), (cls, loose & set(fields))
+        refs = [n for n, f in fields.items() if f.annotation is ModelRef]
+        assert refs in ([], ["model"]) and (not refs or issubclass(cls, ModelRefOwner)), cls
+    for path in MODEL_REF_OWNERS:
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        assert cls.model_fields["model"].annotation is ModelRef, path
+        # one validation: a device no config accepts is refused by each through the reference
+        with pytest.raises(ValueError, match="unknown device 'gpu'"):
+            cls.model_validate({"name": "x", "type": "t", "data": "d", "model": "m", "device": "gpu"})
+
+
 def test_a_recipe_batch_size_reaches_the_inference_stages_that_set_none():
     from meditune import stages
     from meditune.evaluation.mcqa import MCQAOptions

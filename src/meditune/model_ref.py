@@ -14,6 +14,7 @@ import re
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 # flat key of a config -> field of ModelRef (the recipe-wide settings of the same names fill them)
 FLAT_KEYS = {"model": "spec", "device": "device", "dtype": "dtype", "trust_remote_code": "trust_remote_code"}
@@ -124,10 +125,9 @@ class ModelRefOwner(BaseModel):
     def _own_defaults(cls, v: ModelRef) -> ModelRef:
         taken = {FLAT_KEYS[k] for k in cls.model_defaults}
         if extra := [f for f in FLAT_KEYS.values() if f in v.model_fields_set - taken]:
-            raise ValueError(f"{extra[0]!r} is not a setting of this model reference")
-        missing = [k for k, d in cls.model_defaults.items() if d is REQUIRED and FLAT_KEYS[k] not in v.model_fields_set]
-        if missing:
-            raise ValueError(f"{missing[0]!r} is required")
+            raise ValueError(f"this config takes no {extra[0]!r} (it takes {', '.join(cls.model_defaults)})")
+        if any(d is REQUIRED and FLAT_KEYS[k] not in v.model_fields_set for k, d in cls.model_defaults.items()):
+            raise PydanticCustomError("missing", "Field required")
         return v.filled({k: d for k, d in cls.model_defaults.items() if d is not REQUIRED})
 
     @model_serializer(mode="wrap")

@@ -48,7 +48,7 @@ class GeneratorConfig(BackendConfig):
     answers: Literal["all", "harmful", "benign"] = "all"
 
     def backend_config(self) -> BackendConfig:
-        return BackendConfig(**self.model_dump(include=set(BackendConfig.model_fields)))
+        return BackendConfig(**{k: getattr(self, k) for k in BackendConfig.model_fields})
 
     def answers_question(self, item: Question) -> bool:
         """Whether this generator answers the item (`answers: harmful|benign` keeps only those SafetyItems)."""
