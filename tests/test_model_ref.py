@@ -81,8 +81,9 @@ def test_a_bad_device_or_dtype_is_one_line_naming_the_key_as_written():
         config_from(MCQAOptions, fields={"data": "d", "device": "gpu"})
     with pytest.raises(ConfigError, match=r"'model': this config takes no 'dtype' \(it takes model, device\)$"):
         config_from(RewardConfig, fields={}, sets=["model={spec: rm, dtype: float32}"])
-    with pytest.raises(ConfigError, match="^command line: 'model': Field required$"):  # as before the nesting
-        config_from(RewardConfig, fields={})
+    for unset in ([], ["model=null"]):
+        with pytest.raises(ConfigError, match="^command line: 'model': Field required$"):  # as before the nesting
+            config_from(RewardConfig, fields={}, sets=unset)
 
 
 def test_unset_settings_take_the_recipes_after_the_pipelines_round_trip():

@@ -88,7 +88,8 @@ class ModelRefOwner(BaseModel):
 
     model_defaults: the flat keys this config takes and the value each has when unset (REQUIRED: none);
     model_keys_after: the field after which device, dtype and trust_remote_code are written in the canonical
-    dump (the key order manifests have always had); None: right after `model`."""
+    dump (the key order manifests have always had); None: right after `model`. In model_dump, `include` and
+    `exclude` name the flat keys (`include={"model"}` is the spec alone)."""
 
     model_defaults: ClassVar[dict[str, Any]] = {"model": None, "device": None, "dtype": None,
                                                 "trust_remote_code": None}
@@ -126,7 +127,7 @@ class ModelRefOwner(BaseModel):
         taken = {FLAT_KEYS[k] for k in cls.model_defaults}
         if extra := [f for f in FLAT_KEYS.values() if f in v.model_fields_set - taken]:
             raise ValueError(f"this config takes no {extra[0]!r} (it takes {', '.join(cls.model_defaults)})")
-        if any(d is REQUIRED and FLAT_KEYS[k] not in v.model_fields_set for k, d in cls.model_defaults.items()):
+        if any(d is REQUIRED and getattr(v, FLAT_KEYS[k]) is None for k, d in cls.model_defaults.items()):
             raise PydanticCustomError("missing", "Field required")
         return v.filled({k: d for k, d in cls.model_defaults.items() if d is not REQUIRED})
 
