@@ -44,16 +44,13 @@ def test_cli_errors_exit_2(tmp_path, capsys):
 
 
 def test_eval_bias_stage_runs_with_recipe_model(tmp_path, tiny_model_dir):
+    from meditune.recipe import Recipe
     from meditune.stages import StageContext, registry
 
     st = registry()["eval_bias"]
     cfg = st.config(name="bias", type="eval_bias", limit=2, groups=["elderly"], max_new_tokens=3)
-
-    class Recipe:
-        model, seed, system_prompt, device, dtype, trust_remote_code = str(tiny_model_dir), 0, None, "cpu", \
-            "float32", False
-
-    ctx = StageContext(run_dir=tmp_path, stage_dir=tmp_path / "bias", recipe=Recipe())
+    recipe = Recipe(name="r", model=str(tiny_model_dir), device="cpu", dtype="float32")
+    ctx = StageContext(run_dir=tmp_path, stage_dir=tmp_path / "bias", recipe=recipe)
     outputs = st.run(cfg, ctx)
     assert list(outputs) == ["results", "samples"]
     res = read_json(outputs["results"])
