@@ -42,6 +42,7 @@ MODEL_DEFAULTS = ("model", "seed", "device", "dtype", "trust_remote_code", "syst
 INFERENCE_DEFAULTS = (*MODEL_DEFAULTS, "batch_size")
 # what a generator or judge reference takes (its system prompt and sampling are its own)
 BACKEND_DEFAULTS = ("model", "device", "dtype", "trust_remote_code", "batch_size")
+
 # A name that becomes a directory (stage and recipe names): letters, digits, '_' and '-'.
 DirectoryName = Annotated[str, AfterValidator(directory_name)]
 
