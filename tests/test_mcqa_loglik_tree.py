@@ -150,16 +150,12 @@ def test_tree_mask_layout():
     inp, segments = packed_inputs(rows, dtype=torch.float32, device="cpu")
     assert inp["input_ids"].tolist() == [[1, 2, 3, 4, 5, 7, 9, 11]]  # packed: no padding
     assert inp["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 0, 1]]
-    assert [(s, n, c) for s, n, c, _ in segments] == [(0, 6, 3), (6, 2, 1)]
-    # only option tokens get a mask (context tokens attend causally); its rows are the option tokens 3, 4, 5
-    seen = segments[0][3][0, 0] == 0
+    assert [(s, n) for s, n, _ in segments] == [(0, 6), (6, 2)]
+    seen = segments[0][2][0, 0] == 0
     # row 0: option 2's token (index 5) sees the context and itself, not option 1's tokens (3, 4)
-    assert seen[2].tolist() == [True, True, True, False, False, True]
-    assert seen[1].tolist() == [True, True, True, True, True, False]
-    assert (segments[1][3][0, 0] == 0).tolist() == [[True, True]]
-    # one-token options (letters): nothing fed after the context, no mask at all
-    _, letter_segments = packed_inputs([tree_row([1, 2, 3], [[4], [5], [6]])], dtype=torch.float32, device="cpu")
-    assert letter_segments == [(0, 3, 3, None)]
+    assert seen[5].tolist() == [True, True, True, False, False, True]
+    assert seen[4].tolist() == [True, True, True, True, True, False]
+    assert (segments[1][2][0, 0] == 0).tolist() == [[True, False], [True, True]]
     assert inp["logits_to_keep"].tolist() == [[False, False, True, True, True, True, True, True]]
     flat, target, option = tree_targets(rows)
     assert target == [4, 5, 6, 7, 8, 10, 11, 12]

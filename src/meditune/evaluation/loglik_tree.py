@@ -11,9 +11,7 @@ slots), so the Linear layers (most of the work) multiply only real tokens, and a
 (`max_tokens`), which keeps the matrix products in their efficient range whatever the question lengths. Attention
 runs per question (`tree_attention`, registered with transformers' AttentionInterface and switched on for the
 duration of the forward only): each question's queries, keys and values are a slice of the packed sequence,
-scored with that question's own tree mask, so attention costs what it costs for the question alone. The mask is
-only built for the option tokens: context queries attend with SDPA's causal kernel (no T x T mask), so a question
-whose options are one token each (letters) runs plain causal attention.
+scored with that question's own tree mask, so attention costs what it costs for the question alone.
 The LM head runs only at the positions that predict a continuation token (a boolean `logits_to_keep`,
 transformers >= 5): the last context token and every fed option token.
 
@@ -42,9 +40,8 @@ ATTENTION_NAME = "meditune_tree"
 CPU_MAX_TOKENS = 2048
 GPU_MAX_TOKENS = 32768
 
-# The segments (Segment: start, length, context length, option mask) of the packed forward in flight; read by
-# tree_attention.
-_SEGMENTS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+# The segments (start, length, additive tree mask) of the packed forward in flight; read by tree_attention.
+_SEGMENTS: contextvars.ContextVar[list[tuple[int, int, Any]] | None] = contextvars.ContextVar(
     "meditune_tree_segments", default=None)
 
 
@@ -91,27 +88,20 @@ def token_budget_batches(lengths: Sequence[int], max_rows: int, max_tokens: int)
     return batches
 
 
-def option_mask(row: TreeRow, dtype: Any, device: Any) -> Any | None:
-    """The additive [1, 1, options, n] mask of a row's option tokens over the whole row (an option token sees the
-    context and the earlier tokens of its own option); None when no option token is fed (one-token options)."""
+def tree_mask(row: TreeRow, dtype: Any, device: Any) -> Any:
+    """The additive [1, 1, n, n] mask of one row: causal, and an option token sees the context and its own option."""
     import torch
 
-    c, n = row.context_len, len(row.ids)
-    if n == c:
-        return None
     seg = torch.tensor(row.segments, device=device)
-    idx = torch.arange(n, device=device)
-    seg_q, seg_k = seg[c:, None], seg[None, :]
-    allowed = (idx[None, :] <= idx[c:, None]) & ((seg_k == 0) | (seg_k == seg_q))
-    mask = torch.zeros((1, 1, n - c, n), dtype=dtype, device=device)
+    idx = torch.arange(len(row.ids), device=device)
+    seg_q, seg_k = seg[:, None], seg[None, :]
+    allowed = (idx[None, :] <= idx[:, None]) & ((seg_k == 0) | (seg_k == seg_q))
+    mask = torch.zeros((1, 1, len(row.ids), len(row.ids)), dtype=dtype, device=device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-Segment = tuple[int, int, int, Any]  # (start in the packed sequence, row length, context length, option_mask)
-
-
-def packed_inputs(rows: Sequence[TreeRow], dtype: Any, device: Any) -> tuple[dict[str, Any], list[Segment]]:
-    """Model inputs for a batch of rows packed into one sequence, and its segments (see Segment)."""
+def packed_inputs(rows: Sequence[TreeRow], dtype: Any, device: Any) -> tuple[dict[str, Any], list[tuple[int, int, Any]]]:
+    """Model inputs for a batch of rows packed into one sequence, and its segments (start, length, tree mask)."""
     import torch
 
     ids, pos, keep, segments, start = [], [], [], [], 0
@@ -120,7 +110,7 @@ def packed_inputs(rows: Sequence[TreeRow], dtype: Any, device: Any) -> tuple[dic
         ids += row.ids
         pos += row.positions
         keep += [False] * (row.context_len - 1) + [True] * (n - row.context_len + 1)
-        segments.append((start, n, row.context_len, option_mask(row, dtype, device)))
+        segments.append((start, n, tree_mask(row, dtype, device)))
         start += n
     inputs = {"input_ids": torch.tensor([ids], device=device), "position_ids": torch.tensor([pos], device=device),
               "logits_to_keep": torch.tensor([keep], device=device)}
@@ -146,19 +136,12 @@ def tree_attention(module: Any, query: Any, key: Any, value: Any, attention_mask
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None or dropout:
         raise TreeAttentionUnsupported("attention soft-capping, sinks or dropout")
     window = kwargs.get("sliding_window")
-    if window is not None and max(n for _, n, _, _ in segments) > window:
+    if window is not None and max(n for _, n, _ in segments) > window:
         raise TreeAttentionUnsupported(f"a question longer than the sliding window of {window}")
     gqa = query.shape[1] != key.shape[1]
-    out = []
-    for s, n, c, mask in segments:
-        # Context queries attend causally within the context: SDPA's causal kernel, no mask built. Option queries
-        # (a few per question) attend under their tree mask to the context and their own option.
-        out.append(F.scaled_dot_product_attention(query[:, :, s:s + c], key[:, :, s:s + c], value[:, :, s:s + c],
-                                                  is_causal=True, scale=scaling, enable_gqa=gqa))
-        if mask is not None:
-            out.append(F.scaled_dot_product_attention(query[:, :, s + c:s + n], key[:, :, s:s + n],
-                                                      value[:, :, s:s + n], attn_mask=mask, scale=scaling,
-                                                      enable_gqa=gqa))
+    out = [F.scaled_dot_product_attention(query[:, :, s:s + n], key[:, :, s:s + n], value[:, :, s:s + n],
+                                          attn_mask=mask, scale=scaling, enable_gqa=gqa)
+           for s, n, mask in segments]
     return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -169,7 +152,7 @@ def _register() -> None:
 
 
 @contextmanager
-def tree_attention_on(model: Any, segments: list[Segment]) -> Iterator[None]:
+def tree_attention_on(model: Any, segments: list[tuple[int, int, Any]]) -> Iterator[None]:
     """Route the model's attention through tree_attention for these segments, restoring it afterwards."""
     _register()
     config = model.config
