@@ -57,6 +57,10 @@ class ModelRef(BaseModel):
         values = {f: getattr(self, f) if f in given else defaults.get(k) for k, f in FLAT_KEYS.items()}
         return ModelRef.model_construct(_fields_set=given, **values)
 
+    def with_spec(self, spec: str | None) -> ModelRef:
+        """The same settings for another model (a trained policy, a resolved spec)."""
+        return self.model_copy(update={"spec": spec})
+
     def inheriting(self, other: ModelRef, fields: tuple[str, ...]) -> ModelRef:
         """A copy whose unset `fields` take `other`'s values (a judge runs where the evaluated model runs)."""
         return self.model_copy(update={f: getattr(other, f) for f in fields if f not in self.model_fields_set})

@@ -172,10 +172,11 @@ def set_pad_token(tokenizer: Any, model: Any = None) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_tokenizer(spec: str | ResolvedModel, *, trust_remote_code: bool = False):
+def load_tokenizer(spec: str | ResolvedModel | ModelRef, *, trust_remote_code: bool = False):
     """Load the tokenizer of a model spec (for adapters: the adapter's own copy when saved, else the base's)."""
     from transformers import AutoTokenizer
 
+    spec, _, _, trust_remote_code = loading(spec, "auto", "auto", trust_remote_code)
     rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
     path = rm.path
     if rm.kind == "adapter" and not (Path(rm.path) / "tokenizer_config.json").exists():

@@ -35,8 +35,7 @@ class LogprobJudgeVerifier:
             from meditune.models import load_shared_model, load_tokenizer
 
             model, _ = load_shared_model(self.model)
-            tok = load_tokenizer(self.model.spec or "default",  # own copy: left padding
-                                 trust_remote_code=bool(self.model.trust_remote_code))
+            tok = load_tokenizer(self.model)  # own copy: left padding
             tok.padding_side = "left"
             ids_t = sorted({tok.encode(w, add_special_tokens=False)[0] for w in TRUE_WORDS})
             ids_f = sorted({tok.encode(w, add_special_tokens=False)[0] for w in FALSE_WORDS})

@@ -105,7 +105,7 @@ def train_dpo(cfg: DPOStageConfig, ctx: StageContext, records: list[Any] | None 
     """Run DPO on one dataset (or the given records); returns the stage outputs."""
     s = settings(cfg, ctx.recipe)
     if model_spec:
-        s.model = s.model.model_copy(update={"spec": model_spec})
+        s.model = s.model.with_spec(model_spec)
     data = cfg.data[0] if isinstance(cfg.data, list) else cfg.data
     recs = records if records is not None else load_records(data, PREF_KINDS)
     base_dir, base_spec = base_model_dir(s.model, ctx.stage_dir)

@@ -42,8 +42,7 @@ def train_from(train: TrainFn, cfg: TrainOptions, ctx: StageContext, out_dir: Pa
     A LoRA run that is not the last also writes merged weights: the next one samples from them and trains on top.
     """
     merged = cfg.save_merged or (cfg.method == "lora" and not last)
-    run_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"spec": policy}), "save_merged": merged,
-                                     **(update or {})})
+    run_cfg = cfg.model_copy(update={"model": cfg.model.with_spec(policy), "save_merged": merged, **(update or {})})
     outs = finished_outputs(out_dir) or train(run_cfg, StageContext(ctx.run_dir, out_dir, ctx.recipe, ctx.outputs),
                                               **kwargs)
     return outs, outs.get("merged", outs["model"])
@@ -73,7 +72,7 @@ def run_rounds(cfg: Any, ctx: StageContext, plan: RoundPlan, *, score_fn: ScoreF
     policy, results, selected_all, outs = s.model.spec, [], [], {}
     for rnd in range(1, cfg.rounds + 1):
         rdir = ctx.stage_dir / f"round_{rnd}"
-        rows = rollouts(rdir, s.model.model_copy(update={"spec": policy}), items, plan.samples, cfg, score_fn,
+        rows = rollouts(rdir, s.model.with_spec(policy), items, plan.samples, cfg, score_fn,
                         seed=s.seed + rnd, system_prompt=s.system_prompt, backend=backend)
         selected = plan.select(rows, rnd)
         results.append({"round": rnd, "prompts": len(items), "samples": score_summary(rows),

@@ -31,7 +31,7 @@ class StrategyContext:
     @property
     def model_ref(self) -> ModelRef:
         """The evaluated model: the config's reference with its spec resolved to model_spec."""
-        return self.config.model.model_copy(update={"spec": self.model_spec})
+        return self.config.model.with_spec(self.model_spec)
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """(model, tokenizer) of the evaluated model, loaded once (shared with generation backends on it)."""
