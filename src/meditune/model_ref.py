@@ -22,6 +22,7 @@ FLAT_KEYS = {"model": "spec", "device": "device", "dtype": "dtype", "trust_remot
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
 DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+DEFAULT_SPEC = "default"  # the embedded default model (meditune.models.resolve)
 REQUIRED = ...  # in ModelRefOwner.model_defaults: the config has no default for this key
 
 
@@ -56,6 +57,11 @@ class ModelRef(BaseModel):
         given = {f for f in self.model_fields_set if getattr(self, f) is not None}
         values = {f: getattr(self, f) if f in given else defaults.get(k) for k, f in FLAT_KEYS.items()}
         return ModelRef.model_construct(_fields_set=given, **values)
+
+    @property
+    def spec_or_default(self) -> str:
+        """The spec to load: an unset spec (no recipe value either) means the embedded default model."""
+        return self.spec or DEFAULT_SPEC
 
     def with_spec(self, spec: str | None) -> ModelRef:
         """The same settings for another model (a trained policy, a resolved spec)."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from meditune.errors import ConfigError
 from meditune.io import remove_tree, sha256_file, write_json
-from meditune.model_ref import DTYPES, ModelRef
+from meditune.model_ref import DEFAULT_SPEC, DTYPES, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def resolve(spec: str) -> ResolvedModel:
     """Turn a model spec into a ResolvedModel, converting GGUF files into the cache on first use."""
     if not spec:
         raise ConfigError("empty model spec")
-    if spec == "default":
+    if spec == DEFAULT_SPEC:
         return ResolvedModel(spec, "default", str(convert_gguf(default_gguf_path(), DEFAULT_NAME)))
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
@@ -193,7 +193,7 @@ def loading(model: str | ResolvedModel | ModelRef, device: str, dtype: str,
     if not isinstance(model, ModelRef):
         return model, device, dtype, trust_remote_code
     trust = model.trust_remote_code
-    return (model.spec or "default", model.device or device, model.dtype or dtype,
+    return (model.spec_or_default, model.device or device, model.dtype or dtype,
             trust_remote_code if trust is None else trust)
 
 

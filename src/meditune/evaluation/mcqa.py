@@ -19,7 +19,7 @@ from meditune.evaluation.strategies import StrategyContext, get_strategy
 from meditune.evaluation.strategies.direct import PARTIAL, PARTIAL_KEY
 from meditune.evaluation.tasks import Task, get_task
 from meditune.io import iter_jsonl
-from meditune.model_ref import ModelRef, ModelRefOwner, model_ref_field
+from meditune.model_ref import DEFAULT_SPEC, ModelRef, ModelRefOwner, model_ref_field
 from meditune.prompts import Template, choice_strings, get_template
 from meditune.records import MCQItem, read_records
 from meditune.shards import remove_shard
@@ -168,7 +168,7 @@ def evaluate_mcqa(cfg: MCQAOptions, out_dir: str | Path, *, model: str | None = 
     cfg = cfg.model_copy(update={"template": cfg.template or (registered.template if registered else "generic"),
                                  "task": cfg.task or label})
     template = get_template(cfg.template)
-    model_spec = cfg.model.spec or model or "default"
+    model_spec = cfg.model.spec or model or DEFAULT_SPEC
     items = load_items(cfg.data, task=registered)
     n_original = len(items)
     items = items[: cfg.limit] if cfg.limit else items

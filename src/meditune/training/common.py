@@ -106,7 +106,7 @@ def base_model_dir(ref: ModelRef, stage_dir: Path) -> tuple[str, str]:
     """
     from meditune.models import resolve
 
-    spec = ref.spec or "default"
+    spec = ref.spec_or_default
     rm = resolve(spec)
     if rm.kind != "adapter":
         if rm.kind == "hub" and not Path(rm.path).is_dir():
