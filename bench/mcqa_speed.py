@@ -47,10 +47,13 @@ KORMED_DOCTOR = SHARED / "kormedmcqa" / "doctor"
 KORMED_UNTIL = ["Q:", "</s>", "<|im_end|>", ".", "\n\n"]
 
 # What each side's run imports before it loads a model (the probes time these in a fresh interpreter).
+# meditune's log-likelihood runs load the model with meditune.plain_llama (no transformers import); its
+# generative runs load it with transformers.
 IMPORTS = {
-    "meditune": ["meditune.cli", "meditune.evaluation.mcqa", "meditune.evaluation.loglik",
-                 "meditune.evaluation.loglik_tree", "meditune.evaluation.generative",
-                 "meditune.generation.transformers_backend", "transformers.models.llama.modeling_llama"],
+    "meditune-loglik": ["meditune.cli", "meditune.evaluation.mcqa", "meditune.evaluation.loglik",
+                        "meditune.evaluation.loglik_tree", "meditune.plain_llama"],
+    "meditune-generative": ["meditune.cli", "meditune.evaluation.mcqa", "meditune.evaluation.generative",
+                            "meditune.generation.transformers_backend", "transformers.models.llama.modeling_llama"],
     "lm-eval": ["lm_eval.__main__", "lm_eval._cli.run", "lm_eval.evaluator", "lm_eval.tasks",
                 "lm_eval.models.huggingface", "transformers.models.llama.modeling_llama"],
 }
@@ -68,10 +71,11 @@ def probe(side: str, model_dir: str) -> dict[str, float]:
         importlib.import_module(mod)
     t1 = time.perf_counter()
     out = {"import_s": t1 - t0}
-    if side == "meditune":
-        from meditune.models import load_model
+    if side.startswith("meditune"):
+        from meditune.models import load_model, load_scoring_model
 
-        load_model("default", device="cpu", dtype="float32")
+        load = load_scoring_model if side == "meditune-loglik" else load_model
+        load("default", device="cpu", dtype="float32")
         out["load_s"] = time.perf_counter() - t1
     else:
         from lm_eval.models.huggingface import HFLM
@@ -265,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         timed(meditune_cmd({**specs[warm], "data": small}, tmp / "mt-warm", args.batch_size), env, tmp / "mt-warm.log")
         timed(lm_eval_cmd(specs[warm], tmp / "lm-warm", model_dir, sizes[0], tmp / "tasks") + ["--limit", "2"], env,
               tmp / "lm-warm.log")
-        startup = {side: run_probe(side, model_dir, env) for side in IMPORTS}
+        sides = ["lm-eval"] + (["meditune-loglik"] if {"full", "letters"} & set(protocols) else []) \
+            + (["meditune-generative"] if "generative" in protocols else [])
+        startup = {side: run_probe(side, model_dir, env) for side in sides}
         for side, s in startup.items():
             extra = f", task index {s['task_index_s']:.2f} s" if "task_index_s" in s else ""
             print(f"start-up {side}: python {s['python_s']:.2f} s, imports {s['import_s']:.2f} s, model load "

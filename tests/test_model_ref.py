@@ -12,12 +12,13 @@ from meditune.recipe import Recipe, config_from, parse_recipe, yaml_lines
 from meditune.scoring.registry import RewardConfig
 from meditune.stages import apply_recipe_defaults, registry, upstream_refs
 
-# MCQAOptions' canonical dump, written out: the keys, defaults and order manifests had before the nesting
+# MCQAOptions' canonical dump, written out: the keys, defaults and order manifests had before the nesting (plus
+# `engine`, added later)
 MCQA_FLAT = {
     "model": "org/m", "data": "d.jsonl", "task": None, "template": None, "shots": 0, "fewshot_data": None,
     "chat_template": False, "system_prompt": None, "mode": None, "choices": None, "per_token": False,
     "strategy": "direct", "strategy_options": {}, "limit": None, "batch_size": 16, "max_batch_tokens": None,
-    "max_length": None, "max_new_tokens": 32, "stop": None, "device": "cpu", "dtype": "auto",
+    "engine": "auto", "max_length": None, "max_new_tokens": 32, "stop": None, "device": "cpu", "dtype": "auto",
     "trust_remote_code": False, "seed": 0,
 }
 

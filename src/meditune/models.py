@@ -279,6 +279,47 @@ def load_shared_model(model: str | ResolvedModel | ModelRef, *, device: str = "a
     return model, tok
 
 
+def load_scoring_model(model: str | ResolvedModel | ModelRef, *, device: str = "auto", dtype: str = "auto",
+                       trust_remote_code: bool = False, chat: bool = False):
+    """(model, tokenizer) for log-likelihood scoring: meditune.plain_llama's forward where it reproduces the
+    model (Llama architecture, float32 on CPU, no adapter, no remote code) and its tokenizer where tokenizer.json
+    alone encodes as transformers does (and no chat template is rendered), so scoring imports no transformers;
+    otherwise load_shared_model's. Shared like load_shared_model; never train or modify them."""
+    spec, device, dtype, trust_remote_code = loading(model, device, dtype, trust_remote_code)
+    rm = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    dev = pick_device(device)
+    why = _plain_unsupported(rm, dev, dtype, trust_remote_code)
+    if why:
+        log.info("scoring with transformers: %s", why)
+        return load_shared_model(rm, device=dev, dtype=dtype, trust_remote_code=trust_remote_code)
+    from meditune import plain_llama
+
+    key = (_identity(rm), dev, "torch.float32", False)
+    try:
+        plain = shared(("plain-llama", *key), lambda: plain_llama.PlainLlama(rm.path))
+    except ValueError as e:  # weights it does not know (checked only when reading them)
+        log.info("scoring with transformers: %s", e)
+        return load_shared_model(rm, device=dev, dtype=dtype, trust_remote_code=trust_remote_code)
+    if chat or plain_llama.tokenizer_support(rm.path):
+        tok = shared(("tokenizer", *key), lambda: load_tokenizer(rm))
+    else:
+        tok = shared(("plain-tokenizer", *key), lambda: plain_llama.PlainTokenizer(rm.path))
+    return plain, tok
+
+
+def _plain_unsupported(rm: ResolvedModel, device: str, dtype: str, trust_remote_code: bool) -> str | None:
+    """Why meditune.plain_llama cannot stand in for this model (None: it can)."""
+    if rm.kind == "adapter" or trust_remote_code:
+        return "an adapter or remote code"
+    if device != "cpu" or str(pick_dtype(dtype, device)) != "torch.float32":
+        return "not float32 on CPU"
+    if not Path(rm.path).is_dir():
+        return "not a local model directory"
+    from meditune.plain_llama import plain_support
+
+    return plain_support(rm.path)
+
+
 def _identity(rm: ResolvedModel) -> tuple[str, ...]:
     """What makes two resolved specs the same weights: their paths (an adapter's and its base's)."""
     def where(p: str) -> str:

@@ -124,9 +124,6 @@ def tree_attention(module: Any, query: Any, key: Any, value: Any, attention_mask
     query [1, heads, T, dim], key/value [1, kv_heads, T, dim] (rotary applied); returns [1, T, heads, dim].
     Outside a packed forward (no segments set) it is plain SDPA attention.
     """
-    import torch
-    import torch.nn.functional as F
-
     segments = _SEGMENTS.get()
     if segments is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -138,11 +135,26 @@ def tree_attention(module: Any, query: Any, key: Any, value: Any, attention_mask
     window = kwargs.get("sliding_window")
     if window is not None and max(n for _, n, _ in segments) > window:
         raise TreeAttentionUnsupported(f"a question longer than the sliding window of {window}")
+    return segment_attention(query, key, value, segments, scaling), None
+
+
+def active_segments() -> list[tuple[int, int, Any]] | None:
+    """The segments of the packed forward in flight (None outside one)."""
+    return _SEGMENTS.get()
+
+
+def segment_attention(query: Any, key: Any, value: Any, segments: list[tuple[int, int, Any]],
+                      scaling: float | None) -> Any:
+    """Each question's attention over its own slice under its tree mask: [1, T, heads, dim] from query
+    [1, heads, T, dim] and key/value [1, kv_heads, T, dim]."""
+    import torch
+    import torch.nn.functional as F
+
     gqa = query.shape[1] != key.shape[1]
     out = [F.scaled_dot_product_attention(query[:, :, s:s + n], key[:, :, s:s + n], value[:, :, s:s + n],
                                           attn_mask=mask, scale=scaling, enable_gqa=gqa)
            for s, n, mask in segments]
-    return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(out, dim=2).transpose(1, 2).contiguous()
 
 
 def _register() -> None:
@@ -153,11 +165,18 @@ def _register() -> None:
 
 @contextmanager
 def tree_attention_on(model: Any, segments: list[tuple[int, int, Any]]) -> Iterator[None]:
-    """Route the model's attention through tree_attention for these segments, restoring it afterwards."""
+    """Route the model's attention through tree_attention for these segments, restoring it afterwards (a model
+    with `own_tree_attention`, meditune.plain_llama, reads the segments itself)."""
+    token = _SEGMENTS.set(segments)
+    if getattr(model, "own_tree_attention", False):
+        try:
+            yield
+        finally:
+            _SEGMENTS.reset(token)
+        return
     _register()
     config = model.config
     before = config._attn_implementation
-    token = _SEGMENTS.set(segments)
     try:
         config._attn_implementation = ATTENTION_NAME
         yield

@@ -57,6 +57,11 @@ class MCQAOptions(ModelRefOwner):
     batch_size: int = Field(16, ge=1, description="most questions per forward pass / prompts per generate call")
     max_batch_tokens: int | None = Field(None, ge=16, description="loglik: most tokens per forward (default: 2048 "
                                          "on CPU, 32768 on GPU)")
+    engine: Literal["auto", "transformers"] = Field("auto", description="loglik: 'auto' scores a Llama-"
+                                                    "architecture model in float32 on CPU with meditune's plain "
+                                                    "torch forward (meditune.plain_llama: same numbers to ~1e-5, "
+                                                    "no transformers import), any other with transformers; "
+                                                    "'transformers' always with transformers")
     max_length: int | None = Field(None, ge=8, description="context window (default: the model's)")
     max_new_tokens: int = Field(32, ge=1, description="generative mode: tokens to generate")
     stop: list[str] | None = Field(None, description="generative mode: stop strings (default: lm-eval's kormedmcqa "

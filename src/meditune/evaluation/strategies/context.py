@@ -41,6 +41,15 @@ class StrategyContext:
             self._loaded = load_shared_model(self.model_ref)
         return self._loaded
 
+    def scoring_model_and_tokenizer(self) -> tuple[Any, Any]:
+        """(model, tokenizer) for log-likelihood scoring: the loaded pair when there is one, else, with engine
+        'auto', meditune.plain_llama's where it reproduces the model (models.load_scoring_model)."""
+        if self._loaded is not None or self.config.engine == "transformers":
+            return self.model_and_tokenizer()
+        from meditune.models import load_scoring_model
+
+        return load_scoring_model(self.model_ref, chat=self.config.chat_template)
+
     def backend(self) -> Any:
         """The project's generation Backend (meditune.generation, `transformers`) on the evaluated model."""
         from meditune.generation.base import BackendConfig

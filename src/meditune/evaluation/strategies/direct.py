@@ -118,9 +118,9 @@ def run_direct(ctx: StrategyContext, options: dict[str, Any]) -> list[dict[str, 
         raise ConfigError(f"strategy 'direct' takes no options, got {sorted(options)}")
     cfg = ctx.config
     ranks = current(cfg.model.device)  # before the model loads: a rank's "cuda" is its own GPU
-    model, tok = ctx.model_and_tokenizer()
-    builder = _builder(ctx, tok)
     mode = cfg.mode or ctx.template.mode
+    model, tok = ctx.scoring_model_and_tokenizer() if mode == "loglik" else ctx.model_and_tokenizer()
+    builder = _builder(ctx, tok)
     # finished samples of an interrupted run, valid only for the same settings (key)
     shard = Shard(ctx.work_dir / PARTIAL, identity={"key": direct_run_key(cfg, ctx.model_spec, ctx.template, mode)},
                   identity_path=ctx.work_dir / PARTIAL_KEY, on_mismatch="reset", ranks=ranks)
