@@ -109,6 +109,62 @@ def _weight_files(root: Path) -> list[Path] | None:
     return files if all(f.is_file() for f in files) else None
 
 
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class _SafetensorsReader:
+    """Reads tensors of safetensors files straight into freshly allocated float32 tensors (plain reads: no
+    mapping of the file, whose touched pages would stay resident beside the fused copies, and no second copy)."""
+
+    def __init__(self, files: list[Path]):
+        self._where: dict[str, tuple[Path, int, int, str, list[int]]] = {}
+        for f in files:
+            with f.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+            for name, info in header.items():
+                if name != "__metadata__":
+                    begin, end = info["data_offsets"]
+                    self._where[name] = (f, 8 + size + begin, end - begin, info["dtype"], list(info["shape"]))
+
+    @property
+    def left(self) -> list[str]:
+        """Tensors not read yet."""
+        return list(self._where)
+
+    def skip(self, name: str) -> None:
+        self._where.pop(name, None)
+
+    def read(self, *names: str) -> torch.Tensor:
+        """The named tensors, stacked along their first dimension (one tensor: itself), as float32."""
+        shapes = []
+        for name in names:
+            if name not in self._where or self._where[name][3] not in _ST_DTYPES:
+                raise ValueError(f"weight {name} missing or not float32/float16/bfloat16")
+            shapes.append(self._where[name][4])
+        if not all(shapes) or len({tuple(s[1:]) for s in shapes}) != 1:
+            raise ValueError(f"weights {names} do not stack")
+        out = torch.empty([sum(s[0] for s in shapes)] + shapes[0][1:], dtype=torch.float32)
+        row = 0
+        for name, shape in zip(names, shapes, strict=True):
+            self._read_into(name, out[row:row + shape[0]])
+            row += shape[0]
+        return out
+
+    def _read_into(self, name: str, out: torch.Tensor) -> None:
+        path, start, size, dtype, shape = self._where.pop(name)
+        src = _ST_DTYPES[dtype]
+        if size != out.numel() * src.itemsize:
+            raise ValueError(f"weight {name}: {size} bytes for shape {shape}")
+        buf = out.view(torch.uint8) if src == torch.float32 else torch.empty(size, dtype=torch.uint8)
+        with path.open("rb") as fh:
+            fh.seek(start)
+            if fh.readinto(buf.numpy().reshape(-1)) != size:
+                raise ValueError(f"weight {name}: file {path.name} is truncated")
+        if src != torch.float32:
+            out.copy_(buf.view(src).reshape(out.shape))
+
+
 class PlainTokenizer:
     """What scoring asks of a tokenizer (encode, decode, special ids, window), from tokenizer.json."""
 
@@ -160,8 +216,6 @@ class PlainLlama:
     own_tree_attention = True  # loglik_tree: attention reads the packed segments itself
 
     def __init__(self, path: str | Path):
-        from safetensors.torch import load_file
-
         root = Path(path)
         cfg = _read_json(root / "config.json") or {}
         why = plain_support(root)
@@ -173,30 +227,23 @@ class PlainLlama:
                                                                         cfg["num_attention_heads"])
         self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // self.heads
         self.eps = float(cfg.get("rms_norm_eps", 1e-6))
-        weights: dict[str, torch.Tensor] = {}
-        for f in _weight_files(root) or []:
-            weights.update(load_file(str(f)))
-
-        def take(name: str) -> torch.Tensor:  # popped: each unfused original is freed once its layer is built
-            if name not in weights:
-                raise ValueError(f"{root}: weight {name} missing")
-            return weights.pop(name).to(torch.float32)
-
+        weights = _SafetensorsReader(_weight_files(root) or [])
+        take = weights.read
         self.embed = take("model.embed_tokens.weight")
         self.layers = []
         for i in range(cfg["num_hidden_layers"]):
             p = f"model.layers.{i}."
-            qkv = torch.cat([take(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
-            gate_up = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+            qkv = take(*(p + f"self_attn.{x}_proj.weight" for x in "qkv"))
+            gate_up = take(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
             self.layers.append(_Layer(take(p + "input_layernorm.weight"), qkv, take(p + "self_attn.o_proj.weight"),
                                       take(p + "post_attention_layernorm.weight"), gate_up,
                                       take(p + "mlp.down_proj.weight")))
         self.norm = take("model.norm.weight")
         tied = cfg.get("tie_word_embeddings", False)  # LlamaConfig's default; tied, a saved lm_head is ignored
         self.lm_head = self.embed if tied else take("lm_head.weight")
-        weights.pop("lm_head.weight", None)
-        if weights:
-            raise ValueError(f"{root}: weights the plain forward does not use: {sorted(weights)[:3]}")
+        weights.skip("lm_head.weight")
+        if weights.left:
+            raise ValueError(f"{root}: weights the plain forward does not use: {sorted(weights.left)[:3]}")
         dim = self.head_dim
         theta = _rope_theta(cfg)
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
