@@ -63,6 +63,25 @@ def test_logits_match_transformers(pair):
         assert not torch.allclose(shifted, want[:1], atol=1e-3)
 
 
+def test_half_precision_files_load_as_transformers_upcasts_them(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    half = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(half)
+    want = AutoModelForCausalLM.from_pretrained(half, dtype=torch.float32)
+    ids = torch.tensor([[11, 12, 13, 14, 15]])
+    with torch.inference_mode():
+        assert torch.allclose(PlainLlama(half)(input_ids=ids).logits, want(input_ids=ids).logits, atol=1e-5)
+
+
+def test_a_truncated_weights_file_is_refused(tiny_model_dir, tmp_path):
+    cut = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) - 64])
+    with pytest.raises(ValueError, match="truncated"):
+        PlainLlama(cut)
+
+
 def test_padding_and_caches_are_refused_not_ignored(tiny_model_dir):
     plain = PlainLlama(tiny_model_dir)
     ids = torch.tensor([[5, 6, 7, 8]])

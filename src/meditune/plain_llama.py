@@ -3,7 +3,7 @@ on CPU without importing transformers.
 
 Why: on the 2-core CPU a `meditune eval mcqa` run of 60 questions spends ~4 s of its 30-45 s importing
 transformers' tokenizer and model code and building the model, while scoring needs only a float forward pass.
-This module reads config.json, model.safetensors and tokenizer.json directly (0.1 s) and runs the forward
+This module reads config.json, the safetensors weights and tokenizer.json directly (0.4 s) and runs the forward
 with the same operations as transformers' LlamaForCausalLM (RMSNorm in float32, rotary embedding, grouped-query
 SDPA attention, SwiGLU), with two changes that cost nothing in accuracy: the q/k/v and the gate/up
 projections are each one matrix product, and the last layer's output projection and MLP run only at the
