@@ -80,6 +80,9 @@ def test_a_truncated_weights_file_is_refused(tiny_model_dir, tmp_path):
     (cut / "model.safetensors").write_bytes(data[: len(data) - 64])
     with pytest.raises(ValueError, match="truncated"):
         PlainLlama(cut)
+    (cut / "model.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b'{"a": {"dtype": 1}}    ')
+    with pytest.raises(ValueError, match="header"):
+        PlainLlama(cut)
 
 
 def test_padding_and_caches_are_refused_not_ignored(tiny_model_dir):

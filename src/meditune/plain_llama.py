@@ -119,13 +119,16 @@ class _SafetensorsReader:
     def __init__(self, files: list[Path]):
         self._where: dict[str, tuple[Path, int, int, str, list[int]]] = {}
         for f in files:
-            with f.open("rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(size))
-            for name, info in header.items():
-                if name != "__metadata__":
-                    begin, end = info["data_offsets"]
-                    self._where[name] = (f, 8 + size + begin, end - begin, info["dtype"], list(info["shape"]))
+            try:
+                with f.open("rb") as fh:
+                    size = int.from_bytes(fh.read(8), "little")
+                    header = json.loads(fh.read(size))
+                for name, info in header.items():
+                    if name != "__metadata__":
+                        begin, end = info["data_offsets"]
+                        self._where[name] = (f, 8 + size + begin, end - begin, info["dtype"], list(info["shape"]))
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{f.name}: not a readable safetensors header ({e})") from None
 
     @property
     def left(self) -> list[str]:
