@@ -160,6 +160,9 @@ def test_load_scoring_model_picks_plain_only_where_it_reproduces(tiny_model_dir,
     assert load_scoring_model(str(tiny_model_dir), device="cpu", dtype="float32")[0] is model  # shared
     _, chat_tok = load_scoring_model(str(tiny_model_dir), device="cpu", dtype="float32", chat=True)
     assert not isinstance(chat_tok, PlainTokenizer)  # chat templates are rendered by transformers' tokenizer
+    no_pad = _edited(tiny_model_dir, tmp_path / "p", "tokenizer_config.json", pad_token=None)
+    _, tok = load_scoring_model(str(no_pad), device="cpu", dtype="float32")
+    assert isinstance(tok, PlainTokenizer) and tok.pad_token_id == tok.eos_token_id is not None  # set_pad_token
     half, _ = load_scoring_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert not isinstance(half, PlainLlama)
     biased = _edited(tiny_model_dir, tmp_path / "m", "config.json", attention_bias=True)

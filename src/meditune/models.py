@@ -300,11 +300,26 @@ def load_scoring_model(model: str | ResolvedModel | ModelRef, *, device: str = "
     except ValueError as e:  # weights it does not know (checked only when reading them)
         log.info("scoring with transformers: %s", e)
         return load_shared_model(rm, device=dev, dtype=dtype, trust_remote_code=trust_remote_code)
-    if chat or plain_llama.tokenizer_support(rm.path):
+    tok = None if chat else _plain_tokenizer(rm, key)
+    if tok is None:
         tok = shared(("tokenizer", *key), lambda: load_tokenizer(rm))
-    else:
-        tok = shared(("plain-tokenizer", *key), lambda: plain_llama.PlainTokenizer(rm.path))
     return plain, tok
+
+
+def _plain_tokenizer(rm: ResolvedModel, key: tuple[Any, ...]) -> Any:
+    """meditune.plain_llama's tokenizer of this model, shared; None where it would not encode as transformers'."""
+    from meditune.plain_llama import PlainTokenizer
+
+    def load() -> Any:
+        tok = PlainTokenizer(rm.path)
+        set_pad_token(tok)
+        return tok
+
+    try:
+        return shared(("plain-tokenizer", *key), load)
+    except ValueError as e:
+        log.info("tokenizing with transformers: %s", e)
+        return None
 
 
 def _plain_unsupported(rm: ResolvedModel, device: str, dtype: str, trust_remote_code: bool) -> str | None:

@@ -75,26 +75,10 @@ def plain_support(path: str | Path) -> str | None:
 
 def tokenizer_support(path: str | Path) -> str | None:
     """None when tokenizer.json alone encodes as transformers' tokenizer of this directory does, else why not."""
-    root = Path(path)
-    conf = _read_json(root / "tokenizer_config.json")
-    data = _read_json(root / "tokenizer.json")
-    if conf is None or data is None:
-        return "no tokenizer.json / tokenizer_config.json"
-    if conf.get("tokenizer_class") not in _TOKENIZER_CLASSES:
-        return f"tokenizer class {conf.get('tokenizer_class')}"
-    extra = sorted(set(conf) - _TOKENIZER_KEYS)
-    if extra:
-        return f"tokenizer settings {extra}"
-    if data.get("post_processor") is None or data.get("truncation") or data.get("padding"):
-        return "tokenizer.json post-processor, truncation or padding"
-    vocab = data.get("model", {}).get("vocab") or {}
-    if len(vocab) + len(data.get("added_tokens", [])) > _MAX_VOCAB:
-        return "vocabulary over 100k"
-    added = {t.get("content") for t in data.get("added_tokens", [])}
-    wanted = {v if isinstance(v, str) else (v or {}).get("content") for k, v in conf.items() if k.endswith("_token")}
-    wanted |= {(t or {}).get("content") for t in (conf.get("added_tokens_decoder") or {}).values()}
-    if not wanted - {None} <= added:  # transformers would add them to the vocabulary
-        return "special tokens missing from tokenizer.json"
+    try:
+        PlainTokenizer(path)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -169,25 +153,51 @@ class _SafetensorsReader:
 
 
 class PlainTokenizer:
-    """What scoring asks of a tokenizer (encode, decode, special ids, window), from tokenizer.json."""
+    """What scoring asks of a tokenizer (encode, decode, special tokens, window), from tokenizer.json.
+
+    Raises ValueError (the reason) when tokenizer_config.json asks for something transformers adds on top of
+    tokenizer.json; the file is parsed once, by `tokenizers`, and checked on the loaded object.
+    """
 
     def __init__(self, path: str | Path):
         from tokenizers import Tokenizer
 
         root = Path(path)
-        conf = _read_json(root / "tokenizer_config.json") or {}
-        self._tok = Tokenizer.from_file(str(root / "tokenizer.json"))
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        for name in ("bos", "eos", "pad", "unk"):
-            value = conf.get(f"{name}_token")
-            text = value if isinstance(value, str) or value is None else value.get("content")
-            setattr(self, f"{name}_token", text)
-            setattr(self, f"{name}_token_id", self._tok.token_to_id(text) if text is not None else None)
-        if self.pad_token is None:  # models.set_pad_token's policy: pad with EOS
-            self.pad_token, self.pad_token_id = self.eos_token, self.eos_token_id
+        conf = _read_json(root / "tokenizer_config.json")
+        if conf is None or not (root / "tokenizer.json").is_file():
+            raise ValueError("no tokenizer.json / tokenizer_config.json")
+        if conf.get("tokenizer_class") not in _TOKENIZER_CLASSES:
+            raise ValueError(f"tokenizer class {conf.get('tokenizer_class')}")
+        extra = sorted(set(conf) - _TOKENIZER_KEYS)
+        if extra:
+            raise ValueError(f"tokenizer settings {extra}")
+        try:
+            self._tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+        except Exception as e:  # the Rust loader raises its own exception type
+            raise ValueError(f"unreadable tokenizer.json ({e})") from None
+        tok = self._tok
+        if tok.post_processor is None or tok.truncation or tok.padding:
+            raise ValueError("tokenizer.json post-processor, truncation or padding")
+        if tok.get_vocab_size(with_added_tokens=True) > _MAX_VOCAB:
+            raise ValueError("vocabulary over 100k")
+        added = {t.content for t in tok.get_added_tokens_decoder().values()}
+        wanted = {_token_text(v) for k, v in conf.items() if k.endswith("_token")}
+        wanted |= {_token_text(t) for t in (conf.get("added_tokens_decoder") or {}).values()}
+        if not wanted - {None} <= added:  # transformers would add them to the vocabulary
+            raise ValueError("special tokens missing from tokenizer.json")
+        self.bos_token, self.eos_token, self.pad_token, self.unk_token = (
+            _token_text(conf.get(f"{name}_token")) for name in ("bos", "eos", "pad", "unk"))
         self.model_max_length = int(conf.get("model_max_length") or 1_000_000_000_000)
         self.chat_template = None  # rendering chat needs transformers' tokenizer (models.load_tokenizer)
+
+    def _id(self, text: str | None) -> int | None:
+        return self._tok.token_to_id(text) if text is not None else None
+
+    # ids follow the token strings, as in transformers (models.set_pad_token sets pad_token only)
+    bos_token_id = property(lambda self: self._id(self.bos_token))
+    eos_token_id = property(lambda self: self._id(self.eos_token))
+    pad_token_id = property(lambda self: self._id(self.pad_token))
+    unk_token_id = property(lambda self: self._id(self.unk_token))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -197,6 +207,11 @@ class PlainTokenizer:
 
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token's text from tokenizer_config.json (a string or an AddedToken mapping)."""
+    return value if isinstance(value, str) or value is None else (value or {}).get("content")
 
 
 @dataclass
